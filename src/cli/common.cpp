@@ -1,0 +1,50 @@
+#include "cli/common.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "lstm/version.h"
+#include "util/error.h"
+
+namespace lstm {
+
+void add_version_flag(CLI::App& app) {
+  app.set_version_flag("--version", std::string("lstm-lm ") + kVersion + " (git " + kGitCommit + ")");
+}
+
+int run_reporting_errors(const std::function<int()>& body) {
+  // Errors go to stderr as one line, whatever the console logger does.
+  auto report = [](const char* kind, const char* what) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s%s\n", kind, what);
+  };
+  try {
+    return body();
+  } catch (const ConfigError& e) {
+    report("", e.what());
+    return 2;
+  } catch (const DataError& e) {
+    report("", e.what());
+    return 1;
+  } catch (const CheckpointError& e) {
+    report("", e.what());
+    return 1;
+  } catch (const TrainingError& e) {
+    report("", e.what());
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    report("file system: ", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    report("", "out of memory: lower train.batch_size, train.bptt or the model size");
+    return 1;
+  } catch (const std::exception& e) {
+    report("unexpected: ", e.what());
+    return 1;
+  }
+}
+
+}  // namespace lstm

@@ -1,0 +1,180 @@
+#include "io/checkpoint.h"
+
+#include <nlohmann/json.hpp>
+
+#include "train/optimizer.h"
+#include "util/error.h"
+
+namespace lstm {
+
+namespace {
+
+using nlohmann::json;
+
+json state_to_json(const TrainingState& s) {
+  json j = {{"epoch", s.epoch},
+            {"position", s.position},
+            {"step", s.step},
+            {"lr", s.lr},
+            {"lr_scale", s.lr_scale},
+            {"rollbacks", s.rollbacks},
+            {"dropout_rng", s.dropout_rng},
+            {"elapsed_s", s.elapsed_s},
+            {"tokens_trained", s.tokens_trained},
+            {"clipped_steps", s.clipped_steps},
+            {"epoch_steps", s.epoch_steps}};
+  j["best_valid"] = s.best_valid ? json(*s.best_valid) : json(nullptr);
+  return j;
+}
+
+TrainingState state_from_json(const json& j) {
+  TrainingState s;
+  s.epoch = j.at("epoch").get<int>();
+  s.position = j.at("position").get<std::int64_t>();
+  s.step = j.at("step").get<std::int64_t>();
+  s.lr = j.at("lr").get<double>();
+  s.lr_scale = j.at("lr_scale").get<double>();
+  s.rollbacks = j.at("rollbacks").get<int>();
+  s.dropout_rng = j.at("dropout_rng").get<Rng::State>();
+  s.elapsed_s = j.at("elapsed_s").get<double>();
+  s.tokens_trained = j.at("tokens_trained").get<std::int64_t>();
+  s.clipped_steps = j.at("clipped_steps").get<std::int64_t>();
+  s.epoch_steps = j.at("epoch_steps").get<std::int64_t>();
+  if (!j.at("best_valid").is_null()) s.best_valid = j.at("best_valid").get<double>();
+  return s;
+}
+
+std::vector<std::int64_t> checkpoint_shape(const TensorEntry& e) {
+  return {e.shape.begin(), e.shape.end()};
+}
+
+}  // namespace
+
+void save_checkpoint(const std::filesystem::path& path, const CheckpointInputs& in) {
+  std::vector<TensorToWrite> tensors;
+  ParamStore& params = in.model->params();
+  for (const auto& e : params.entries()) {
+    tensors.push_back({e.name, checkpoint_shape(e), params.values().data() + e.offset});
+  }
+  std::map<std::string, std::string> meta;
+  meta["format"] = kCheckpointFormat;
+  meta["format_version"] = std::to_string(kCheckpointVersion);
+  meta["config"] = in.config->dump();
+  meta["vocab"] = json(in.vocab->words()).dump();
+  if (in.state != nullptr) {
+    meta["training_state"] = state_to_json(*in.state).dump();
+    const std::int64_t total = params.total_size();
+    if (in.optimizer != nullptr && in.optimizer->kind() == OptimizerKind::kAdam) {
+      tensors.push_back({"optimizer.adam_m", {total}, in.optimizer->first_moment().data()});
+      tensors.push_back({"optimizer.adam_v", {total}, in.optimizer->second_moment().data()});
+      meta["adam_updates"] = std::to_string(in.optimizer->update_count());
+    }
+    if (in.train_workspace != nullptr) {
+      for (std::size_t l = 0; l < in.train_workspace->layers.size(); ++l) {
+        RecurrentCache& cache = in.train_workspace->layers[l];
+        // initial_h() is a block of hbuf whose columns are contiguous: B columns of H.
+        tensors.push_back({"state.h." + std::to_string(l), {cache.batch, cache.hidden_size},
+                           cache.hbuf.data()});
+        if (cache.cell == CellType::kLstm) {
+          tensors.push_back({"state.c." + std::to_string(l), {cache.batch, cache.hidden_size},
+                             cache.cbuf.data()});
+        }
+      }
+    }
+  }
+  write_safetensors(path, tensors, meta);
+}
+
+LoadedCheckpoint load_checkpoint(const std::filesystem::path& path) {
+  LoadedCheckpoint ckpt;
+  ckpt.path = path;
+  ckpt.file = read_safetensors(path);
+  const auto& meta = ckpt.file.metadata;
+  auto invalid = [&](const std::string& what) -> CheckpointError {
+    return CheckpointError("invalid checkpoint " + path.string() + ": " + what);
+  };
+  const auto format = meta.find("format");
+  if (format == meta.end() || format->second != kCheckpointFormat) {
+    throw invalid("bad magic: metadata \"format\" is " +
+                  (format == meta.end() ? std::string("missing") : "\"" + format->second + "\"") +
+                  ", expected \"" + kCheckpointFormat + "\" (not an lstm-lm checkpoint)");
+  }
+  const auto version = meta.find("format_version");
+  if (version == meta.end() || version->second != std::to_string(kCheckpointVersion)) {
+    throw invalid("unsupported format version " +
+                  (version == meta.end() ? std::string("(missing)") : version->second) +
+                  ", this build reads version " + std::to_string(kCheckpointVersion));
+  }
+  if (meta.find("checksum") == meta.end()) throw invalid("checksum is missing");
+  for (const char* key : {"config", "vocab"}) {
+    if (meta.find(key) == meta.end()) throw invalid(std::string("metadata \"") + key + "\" is missing");
+  }
+  json config, vocab_words;
+  try {
+    config = json::parse(meta.at("config"));
+    vocab_words = json::parse(meta.at("vocab"));
+    ckpt.vocab = Vocabulary(vocab_words.get<std::vector<std::string>>());
+  } catch (const json::exception& e) {
+    throw invalid(std::string("config or vocabulary metadata is malformed: ") + e.what());
+  } catch (const DataError& e) {
+    throw invalid(e.what());
+  }
+  try {
+    ckpt.settings = settings_from_json(config, {}, path.string() + " (stored config)");
+  } catch (const ConfigError& e) {
+    throw invalid(e.what());
+  }
+  ckpt.settings.model.vocab_size = ckpt.vocab.size();
+  if (ckpt.vocab.size() == 0) throw invalid("the vocabulary is empty");
+
+  ckpt.model = std::make_unique<LanguageModel>(ckpt.settings.model);
+  ParamStore& params = ckpt.model->params();
+  for (const auto& e : params.entries()) {
+    const auto it = ckpt.file.tensors.find(e.name);
+    if (it == ckpt.file.tensors.end()) throw invalid("tensor \"" + e.name + "\" is missing");
+    if (it->second.shape != checkpoint_shape(e)) {
+      json expected = checkpoint_shape(e), actual = it->second.shape;
+      throw invalid("tensor \"" + e.name + "\" has shape " + actual.dump() + " but its config needs " +
+                    expected.dump());
+    }
+    ckpt.file.copy_tensor(e.name, params.values().data() + e.offset, static_cast<std::size_t>(e.size));
+  }
+  const auto state = meta.find("training_state");
+  if (state != meta.end()) {
+    try {
+      ckpt.state = state_from_json(json::parse(state->second));
+    } catch (const json::exception& e) {
+      throw invalid(std::string("training_state metadata is malformed: ") + e.what());
+    }
+  }
+  return ckpt;
+}
+
+void restore_training_buffers(const LoadedCheckpoint& ckpt, Optimizer& optimizer, Workspace& train_ws) {
+  if (optimizer.kind() == OptimizerKind::kAdam) {
+    const auto n = static_cast<std::size_t>(optimizer.first_moment().size());
+    ckpt.file.copy_tensor("optimizer.adam_m", optimizer.first_moment().data(), n);
+    ckpt.file.copy_tensor("optimizer.adam_v", optimizer.second_moment().data(), n);
+    const auto it = ckpt.file.metadata.find("adam_updates");
+    if (it == ckpt.file.metadata.end()) {
+      throw CheckpointError("invalid checkpoint " + ckpt.path.string() + ": adam_updates is missing");
+    }
+    optimizer.update_count() = std::stoll(it->second);
+  }
+  for (std::size_t l = 0; l < train_ws.layers.size(); ++l) {
+    RecurrentCache& cache = train_ws.layers[l];
+    const auto count = static_cast<std::size_t>(cache.batch) * cache.hidden_size;
+    ckpt.file.copy_tensor("state.h." + std::to_string(l), cache.hbuf.data(), count);
+    if (cache.cell == CellType::kLstm) {
+      ckpt.file.copy_tensor("state.c." + std::to_string(l), cache.cbuf.data(), count);
+    }
+  }
+}
+
+std::filesystem::path resolve_checkpoint_path(const std::filesystem::path& path, const std::string& name) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return path / "checkpoints" / (name + ".safetensors");
+  return path;
+}
+
+}  // namespace lstm

@@ -1,0 +1,82 @@
+#pragma once
+// Recurrent layers over one BPTT window: forward caches what backward needs,
+// backward adds into the gradient buffers (zeroed once per step by the caller).
+//
+// Shapes: X (I x T*B) layer input, I = E for the first layer and H above it;
+// Wx (G x I), Wh (G x H), b (G); every activation column is (t, b) at t*B + b.
+//
+// Cells (x = x_t, h = h_{t-1}, c = c_{t-1}, s = sigmoid):
+//   rnn       h_t = tanh(Wx x + Wh h + b)
+//   rnn_relu  h_t = max(0, Wx x + Wh h + b)
+//   lstm      [f; i; o; g] = [s; s; s; tanh](Wx x + Wh h + b), gate rows in that order
+//             c_t = f*c + i*g,  h_t = o*tanh(c_t)
+//   gru       [z; r] = s(Wx_zr x + Wh_zr h + b_zr)            (Cho et al. 2014)
+//             n = tanh(Wx_n x + Wh_n (r*h) + b_n)
+//             h_t = z*h + (1 - z)*n    (z weights the previous state)
+//
+// Only h_t is passed to the next layer; c_t is the LSTM's memory cell, reached
+// only by + and element-wise *, which is why its gradient survives long windows.
+
+#include "model/model_config.h"
+#include "tensor/types.h"
+
+namespace lstm {
+
+struct RecurrentWeights {
+  ConstMatrixMap wx;  // G x I
+  ConstMatrixMap wh;  // G x H
+  ConstMatrixMap b;   // G x 1
+};
+
+struct RecurrentGrads {
+  MatrixMap wx;  // G x I
+  MatrixMap wh;  // G x H
+  MatrixMap b;   // G x 1
+};
+
+// Buffers for one layer over windows of up to max_steps steps of B streams.
+struct RecurrentCache {
+  RecurrentCache(CellType cell, int input_size, int hidden_size, int batch, int max_steps);
+
+  CellType cell;
+  int input_size;   // I
+  int hidden_size;  // H
+  int batch;        // B
+  int max_steps;    // T max
+
+  Matrix gates;   // G x T*B: gate values after their nonlinearity
+  Matrix hbuf;    // H x (T+1)*B: block 0 is the carried-in h, block t+1 is h_t
+  Matrix cbuf;    // lstm only, H x (T+1)*B: block 0 carried-in c, block t+1 c_t
+  Matrix tanh_c;  // lstm only, H x T*B
+  Matrix rh;      // gru only, H x T*B: r * h_{t-1}
+  Matrix dgates;  // G x T*B: dL/d(pre-activation)
+  Matrix dh_next; // H x B: dL/dh_{t-1} flowing back from step t
+  Matrix dc_next; // lstm only, H x B
+  Matrix dh_step; // H x B scratch
+  Matrix drh;     // gru only, H x B scratch
+  Vector dh_norm; // T: mean over streams of |dL/dh_t|, filled by backward
+  Vector dc_norm; // T: the same for dL/dc_t (lstm only)
+
+  // h_T and c_T after the last forward window (the state to carry on).
+  auto last_h(int steps) { return hbuf.middleCols(steps * batch, batch); }
+  auto last_c(int steps) { return cbuf.middleCols(steps * batch, batch); }
+  auto initial_h() { return hbuf.leftCols(batch); }
+  auto initial_c() { return cbuf.leftCols(batch); }
+  // Outputs h_0 .. h_{T-1}: H x T*B.
+  auto outputs(int steps) { return hbuf.middleCols(batch, steps * batch); }
+};
+
+// Runs the layer over `steps` steps. The carried-in state must already be in
+// cache.initial_h() (and initial_c() for lstm). input: I x steps*B.
+void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const ConstMatRef& input,
+                       int steps);
+
+// Adds the window's parameter gradients into g and writes dL/dinput into
+// d_input (I x steps*B) unless it is null. d_output (H x steps*B) is dL/dh_t
+// from above; no gradient flows into the carried-in state beyond this window,
+// but its value is left in cache.dh_next (and dc_next) for diagnostics.
+void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, RecurrentGrads& g,
+                        const ConstMatRef& input, const ConstMatRef& d_output, MatRef* d_input,
+                        int steps);
+
+}  // namespace lstm

@@ -1,0 +1,224 @@
+#include "model/model.h"
+
+#include <cmath>
+
+#include "ops/softmax_cross_entropy.h"
+#include "tensor/gemm.h"
+#include "util/error.h"
+
+namespace lstm {
+
+namespace {
+
+std::string layer_name(int layer, const char* what) {
+  return "rnn." + std::to_string(layer) + "." + what;
+}
+
+int layer_input_size(const ModelConfig& c, int layer) {
+  return layer == 0 ? c.embedding_size : c.hidden_size;
+}
+
+void fill_normal(MatrixMap m, Rng& rng, double scale) {
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(rng.normal() * scale);
+}
+
+void fill_uniform(MatrixMap m, Rng& rng, float range) {
+  for (Eigen::Index i = 0; i < m.size(); ++i) {
+    m.data()[i] = (2.0f * rng.uniform() - 1.0f) * range;
+  }
+}
+
+// Fills mask (rows x T*B) with 0 or 1/(1-p). A variational mask is drawn for
+// the B streams once and repeated at every step.
+void draw_dropout_mask(Matrix& mask, int steps, int batch, float p, bool variational, Rng& rng) {
+  const float keep_scale = 1.0f / (1.0f - p);
+  const Eigen::Index rows = mask.rows();
+  const int drawn_cols = variational ? batch : steps * batch;
+  for (int j = 0; j < drawn_cols; ++j) {
+    for (Eigen::Index i = 0; i < rows; ++i) {
+      mask(i, j) = rng.uniform() < p ? 0.0f : keep_scale;
+    }
+  }
+  if (variational) {
+    for (int t = 1; t < steps; ++t) mask.middleCols(t * batch, batch) = mask.leftCols(batch);
+  }
+}
+
+}  // namespace
+
+LanguageModel::LanguageModel(const ModelConfig& config) : config_(config) {
+  const int V = config.vocab_size, E = config.embedding_size, H = config.hidden_size;
+  if (config.tie_weights && E != H) {
+    throw ConfigError("model.tie_weights needs model.embedding_size (" + std::to_string(E) +
+                      ") equal to model.hidden_size (" + std::to_string(H) +
+                      "): set them to the same value or turn tying off");
+  }
+  const int G = gate_rows(config.cell, H);
+  params_.add_matrix("embedding.weight", E, V);
+  for (int l = 0; l < config.num_layers; ++l) {
+    params_.add_matrix(layer_name(l, "weight_x"), G, layer_input_size(config, l));
+    params_.add_matrix(layer_name(l, "weight_h"), G, H);
+    params_.add_vector(layer_name(l, "bias"), G);
+  }
+  if (!config.tie_weights) params_.add_matrix("decoder.weight", H, V);
+  params_.add_vector("decoder.bias", V);
+  params_.finalize();
+}
+
+void LanguageModel::initialize(Rng& rng) {
+  params_.values().setZero();
+  const bool book = config_.init == InitScheme::kBook;
+  const float range = config_.init_range;
+  auto draw = [&](MatrixMap m, double fan_in, double book_scale_override = 0.0) {
+    if (book) {
+      fill_normal(m, rng, book_scale_override > 0.0 ? book_scale_override : 1.0 / std::sqrt(fan_in));
+    } else {
+      fill_uniform(m, rng, range);
+    }
+  };
+  draw(embedding(), 0.0, /*book_scale_override=*/0.01);
+  for (int l = 0; l < config_.num_layers; ++l) {
+    draw(params_.value(layer_name(l, "weight_x")), layer_input_size(config_, l));
+    draw(params_.value(layer_name(l, "weight_h")), config_.hidden_size);
+  }
+  if (!config_.tie_weights) draw(params_.value("decoder.weight"), config_.hidden_size);
+}
+
+RecurrentWeights LanguageModel::layer_weights(int layer) {
+  auto wx = params_.value(layer_name(layer, "weight_x"));
+  auto wh = params_.value(layer_name(layer, "weight_h"));
+  auto b = params_.value(layer_name(layer, "bias"));
+  return {ConstMatrixMap(wx.data(), wx.rows(), wx.cols()),
+          ConstMatrixMap(wh.data(), wh.rows(), wh.cols()),
+          ConstMatrixMap(b.data(), b.rows(), b.cols())};
+}
+
+RecurrentGrads LanguageModel::layer_grads(int layer) {
+  return {params_.grad(layer_name(layer, "weight_x")), params_.grad(layer_name(layer, "weight_h")),
+          params_.grad(layer_name(layer, "bias"))};
+}
+
+MatrixMap LanguageModel::decoder_weight() {
+  return params_.value(config_.tie_weights ? "embedding.weight" : "decoder.weight");
+}
+
+MatrixMap LanguageModel::decoder_weight_grad() {
+  return params_.grad(config_.tie_weights ? "embedding.weight" : "decoder.weight");
+}
+
+Workspace::Workspace(const ModelConfig& c, int batch_, int max_steps_)
+    : batch(batch_), max_steps(max_steps_) {
+  const int TB = batch * max_steps;
+  const int E = c.embedding_size, H = c.hidden_size, V = c.vocab_size;
+  inputs.assign(TB, 0);
+  targets.assign(TB, 0);
+  embedded = Matrix::Zero(E, TB);
+  for (int l = 0; l < c.num_layers; ++l) {
+    layers.emplace_back(c.cell, layer_input_size(c, l), H, batch, max_steps);
+  }
+  if (c.dropout > 0.0f) {
+    masks.push_back(Matrix::Zero(E, TB));
+    for (int l = 0; l < c.num_layers; ++l) {
+      masks.push_back(Matrix::Zero(H, TB));
+      dropped.push_back(Matrix::Zero(H, TB));
+    }
+  }
+  logits = Matrix::Zero(V, TB);
+  d_hidden_a = Matrix::Zero(H, TB);
+  d_hidden_b = Matrix::Zero(H, TB);
+  d_embedded = Matrix::Zero(E, TB);
+  column_loss = Vector::Zero(TB);
+}
+
+double model_forward(LanguageModel& model, Workspace& ws, int steps, bool training,
+                     Rng* dropout_rng) {
+  const ModelConfig& c = model.config();
+  const int B = ws.batch, TB = steps * B, L = c.num_layers;
+  ws.dropout_active = training && c.dropout > 0.0f;
+
+  // 1. Embedding lookup (and dropout on its output).
+  auto emb = model.embedding();
+  for (int j = 0; j < TB; ++j) ws.embedded.col(j) = emb.col(ws.inputs[j]);
+  if (ws.dropout_active) {
+    draw_dropout_mask(ws.masks[0], steps, B, c.dropout, c.variational_dropout, *dropout_rng);
+    ws.embedded.leftCols(TB).array() *= ws.masks[0].leftCols(TB).array();
+  }
+
+  // 2. Recurrent layers; each one's input is the previous output after dropout.
+  for (int l = 0; l < L; ++l) {
+    RecurrentCache& cache = ws.layers[l];
+    const ConstMatRef input = l == 0 ? ConstMatRef(ws.embedded.leftCols(TB))
+                              : ws.dropout_active ? ConstMatRef(ws.dropped[l - 1].leftCols(TB))
+                                                  : ConstMatRef(ws.layers[l - 1].outputs(steps));
+    recurrent_forward(cache, model.layer_weights(l), input, steps);
+    if (ws.dropout_active) {
+      draw_dropout_mask(ws.masks[l + 1], steps, B, c.dropout, c.variational_dropout, *dropout_rng);
+      ws.dropped[l].leftCols(TB).array() =
+          cache.outputs(steps).array() * ws.masks[l + 1].leftCols(TB).array();
+    }
+  }
+  const ConstMatRef top = ws.dropout_active ? ConstMatRef(ws.dropped[L - 1].leftCols(TB))
+                                            : ConstMatRef(ws.layers[L - 1].outputs(steps));
+
+  // 3. Decoder: logits = W^T h + b, for every step in one product.
+  auto logits = ws.logits.leftCols(TB);
+  gemm(Trans::kYes, Trans::kNo, 1.0f, model.decoder_weight(), top, 0.0f, logits);
+  logits.colwise() += model.decoder_bias().col(0);
+
+  // 4. Softmax cross-entropy; in training, dL/dlogits of the mean loss.
+  std::optional<float> grad_scale;
+  if (training) grad_scale = 1.0f / static_cast<float>(TB);
+  softmax_cross_entropy(logits, ws.targets.data(), ws.column_loss.data(), grad_scale);
+  double total = 0.0;
+  for (int j = 0; j < TB; ++j) total += ws.column_loss[j];
+  return total;
+}
+
+void model_backward(LanguageModel& model, Workspace& ws, int steps) {
+  const ModelConfig& c = model.config();
+  const int TB = steps * ws.batch, L = c.num_layers;
+  const auto dlogits = ws.logits.leftCols(TB);
+  const ConstMatRef top = ws.dropout_active ? ConstMatRef(ws.dropped[L - 1].leftCols(TB))
+                                            : ConstMatRef(ws.layers[L - 1].outputs(steps));
+
+  // undo 3: dW += h dlogits^T, db += sum of dlogits, dh = W dlogits.
+  gemm(Trans::kNo, Trans::kYes, 1.0f, top, dlogits, 1.0f, model.decoder_weight_grad());
+  model.decoder_bias_grad().col(0) += dlogits.rowwise().sum();
+  Matrix* d_out = &ws.d_hidden_a;
+  Matrix* d_in = &ws.d_hidden_b;
+  gemm(Trans::kNo, Trans::kNo, 1.0f, model.decoder_weight(), dlogits, 0.0f, d_out->leftCols(TB));
+
+  // undo 2, top layer first; dropout masks scale the gradient as they scaled the value.
+  for (int l = L - 1; l >= 0; --l) {
+    if (ws.dropout_active) d_out->leftCols(TB).array() *= ws.masks[l + 1].leftCols(TB).array();
+    const ConstMatRef input = l == 0 ? ConstMatRef(ws.embedded.leftCols(TB))
+                              : ws.dropout_active ? ConstMatRef(ws.dropped[l - 1].leftCols(TB))
+                                                  : ConstMatRef(ws.layers[l - 1].outputs(steps));
+    MatRef d_input = l == 0 ? MatRef(ws.d_embedded.leftCols(TB)) : MatRef(d_in->leftCols(TB));
+    RecurrentGrads grads = model.layer_grads(l);
+    recurrent_backward(ws.layers[l], model.layer_weights(l), grads, input, d_out->leftCols(TB),
+                       &d_input, steps);
+    std::swap(d_out, d_in);
+  }
+
+  // undo 1: each looked-up column adds its gradient to its word's row.
+  if (ws.dropout_active) ws.d_embedded.leftCols(TB).array() *= ws.masks[0].leftCols(TB).array();
+  auto d_emb = model.embedding_grad();
+  for (int j = 0; j < TB; ++j) d_emb.col(ws.inputs[j]) += ws.d_embedded.col(j);
+}
+
+void carry_state(Workspace& ws, int steps) {
+  for (auto& cache : ws.layers) {
+    cache.initial_h() = cache.last_h(steps);
+    if (cache.cell == CellType::kLstm) cache.initial_c() = cache.last_c(steps);
+  }
+}
+
+void reset_state(Workspace& ws) {
+  for (auto& cache : ws.layers) {
+    cache.initial_h().setZero();
+    if (cache.cell == CellType::kLstm) cache.initial_c().setZero();
+  }
+}
+
+}  // namespace lstm

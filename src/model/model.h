@@ -1,0 +1,86 @@
+#pragma once
+// The language model: embedding -> L recurrent layers -> affine decoder ->
+// softmax cross-entropy, with inverted dropout on the non-recurrent
+// connections (embedding output, between layers, before the decoder).
+//
+// Parameters (checkpoint name: checkpoint shape, row-major):
+//   embedding.weight   [V, E]   column v is the vector of word v in memory (E x V)
+//   rnn.{l}.weight_x   [I, G]   the book's Wx: pre = x Wx + h Wh + b
+//   rnn.{l}.weight_h   [H, G]
+//   rnn.{l}.bias       [G]
+//   decoder.weight     [V, H]   absent when tied: the embedding is used instead
+//   decoder.bias       [V]
+
+#include <string>
+#include <vector>
+
+#include "layers/recurrent.h"
+#include "model/model_config.h"
+#include "tensor/param_store.h"
+#include "tensor/random.h"
+
+namespace lstm {
+
+class LanguageModel {
+ public:
+  // Lays out the parameters, all zero; call initialize() or load values.
+  explicit LanguageModel(const ModelConfig& config);
+
+  const ModelConfig& config() const { return config_; }
+  ParamStore& params() { return params_; }
+  const ParamStore& params() const { return params_; }
+
+  // Draws every parameter from rng by the config's scheme.
+  void initialize(Rng& rng);
+
+  RecurrentWeights layer_weights(int layer);
+  RecurrentGrads layer_grads(int layer);
+  MatrixMap embedding() { return params_.value("embedding.weight"); }                // E x V
+  MatrixMap decoder_weight();                                                        // H x V
+  MatrixMap decoder_bias() { return params_.value("decoder.bias"); }                 // V x 1
+  MatrixMap embedding_grad() { return params_.grad("embedding.weight"); }            // E x V
+  MatrixMap decoder_weight_grad();                                                   // H x V
+  MatrixMap decoder_bias_grad() { return params_.grad("decoder.bias"); }             // V x 1
+
+ private:
+  ModelConfig config_;
+  ParamStore params_;
+};
+
+// Activations, gradients of activations and the carried recurrent state for
+// windows of up to max_steps steps of `batch` streams. Allocated once; the
+// forward and backward passes allocate nothing.
+struct Workspace {
+  Workspace(const ModelConfig& config, int batch, int max_steps);
+
+  int batch;      // B
+  int max_steps;  // T max
+  std::vector<TokenId> inputs;   // T*B ids, column order t*B + b
+  std::vector<TokenId> targets;  // T*B ids
+  Matrix embedded;               // E x T*B: embedding lookup, dropout applied
+  std::vector<RecurrentCache> layers;
+  std::vector<Matrix> dropped;   // L: output of layer l with dropout applied (H x T*B)
+  std::vector<Matrix> masks;     // L+1: mask on embedding output (E x T*B), after layer l (H x T*B)
+  Matrix logits;                 // V x T*B, overwritten by dL/dlogits in training
+  Matrix d_hidden_a, d_hidden_b; // H x T*B each: dL/d(layer output), ping-pong
+  Matrix d_embedded;             // E x T*B
+  Vector column_loss;            // T*B: loss of each scored token (nats)
+  bool dropout_active = false;   // the last forward pass applied dropout
+};
+
+// Runs the model over a window of `steps` steps whose ids are already in
+// ws.inputs and ws.targets, from the carried state in ws. Returns the summed
+// loss (nats) of the steps*B predictions. In training mode it applies dropout
+// (drawing masks from dropout_rng) and leaves dL/dlogits of the mean loss in
+// ws.logits for backward().
+double model_forward(LanguageModel& model, Workspace& ws, int steps, bool training,
+                     Rng* dropout_rng);
+
+// Adds the gradients of the window's mean loss into model.params().grads().
+void model_backward(LanguageModel& model, Workspace& ws, int steps);
+
+// Moves h_T (and c_T) of the last window into the carried state.
+void carry_state(Workspace& ws, int steps);
+void reset_state(Workspace& ws);
+
+}  // namespace lstm

@@ -1,0 +1,28 @@
+#include "ops/softmax_cross_entropy.h"
+
+#include <cmath>
+
+namespace lstm {
+
+void softmax_cross_entropy(MatRef logits, const TokenId* targets, float* column_loss,
+                           std::optional<float> grad_scale) {
+  const Eigen::Index n = logits.cols();
+#pragma omp parallel for schedule(static)
+  for (Eigen::Index j = 0; j < n; ++j) {
+    auto z = logits.col(j).array();
+    const float max_logit = z.maxCoeff();
+    const float target_logit = z(targets[j]);
+    if (grad_scale) {
+      z = (z - max_logit).exp();
+      const float sum = z.sum();
+      z *= *grad_scale / sum;
+      z(targets[j]) -= *grad_scale;
+      column_loss[j] = std::log(sum) + max_logit - target_logit;
+    } else {
+      const float sum = (z - max_logit).exp().sum();
+      column_loss[j] = std::log(sum) + max_logit - target_logit;
+    }
+  }
+}
+
+}  // namespace lstm

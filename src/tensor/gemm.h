@@ -1,0 +1,25 @@
+#pragma once
+// General matrix product C = alpha * op(A) * op(B) + beta * C on column-major
+// float matrices, through OpenBLAS when the build enables it (LSTM_USE_OPENBLAS),
+// else through Eigen. Neither path allocates on the heap per call when OpenBLAS
+// is used; Eigen's own product allocates its packing buffers per call.
+
+#include "tensor/types.h"
+
+namespace lstm {
+
+enum class Trans { kNo, kYes };
+
+// C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C.
+void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const ConstMatRef& b,
+          float beta, MatRef c);
+
+// Sets the threads used by matrix products and by the element-wise loops.
+// 0 means every core of the machine.
+void set_num_threads(int threads);
+int num_threads();
+
+// Name of the matrix-product backend ("openblas" or "eigen").
+const char* gemm_backend();
+
+}  // namespace lstm

@@ -1,0 +1,45 @@
+#include "tensor/param_store.h"
+
+#include <stdexcept>
+
+namespace lstm {
+
+void ParamStore::add_matrix(const std::string& name, Eigen::Index rows, Eigen::Index cols) {
+  entries_.push_back({name, {cols, rows}, total_, rows * cols});
+  total_ += rows * cols;
+}
+
+void ParamStore::add_vector(const std::string& name, Eigen::Index size) {
+  entries_.push_back({name, {size}, total_, size});
+  total_ += size;
+}
+
+void ParamStore::finalize() {
+  values_ = Vector::Zero(total_);
+  grads_ = Vector::Zero(total_);
+}
+
+const TensorEntry& ParamStore::entry(const std::string& name) const {
+  for (const auto& e : entries_) {
+    if (e.name == name) return e;
+  }
+  throw std::out_of_range("no parameter named '" + name + "'");
+}
+
+bool ParamStore::contains(const std::string& name) const {
+  for (const auto& e : entries_) {
+    if (e.name == name) return true;
+  }
+  return false;
+}
+
+MatrixMap ParamStore::value(const std::string& name) { return map(values_, entry(name)); }
+MatrixMap ParamStore::grad(const std::string& name) { return map(grads_, entry(name)); }
+
+MatrixMap ParamStore::map(Vector& flat, const TensorEntry& e) {
+  const Eigen::Index rows = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
+  const Eigen::Index cols = e.shape.size() == 2 ? e.shape[0] : 1;
+  return MatrixMap(flat.data() + e.offset, rows, cols);
+}
+
+}  // namespace lstm

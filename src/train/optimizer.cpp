@@ -1,0 +1,77 @@
+#include "train/optimizer.h"
+
+#include <array>
+#include <cmath>
+
+namespace lstm {
+
+namespace {
+constexpr int kNormChunks = 64;
+}
+
+double global_norm(const Vector& values) {
+  std::array<double, kNormChunks> partial{};
+  const Eigen::Index n = values.size();
+  const Eigen::Index chunk = (n + kNormChunks - 1) / kNormChunks;
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < kNormChunks; ++c) {
+    const Eigen::Index begin = std::min<Eigen::Index>(n, c * chunk);
+    const Eigen::Index end = std::min<Eigen::Index>(n, begin + chunk);
+    double sum = 0.0;
+    for (Eigen::Index i = begin; i < end; ++i) sum += static_cast<double>(values[i]) * values[i];
+    partial[c] = sum;
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return std::sqrt(total);
+}
+
+bool clip_gradients(Vector& grads, double norm, double clip_norm) {
+  if (clip_norm <= 0.0 || !(norm > clip_norm)) return false;
+  grads *= static_cast<float>(clip_norm / norm);
+  return true;
+}
+
+Optimizer::Optimizer(const TrainSettings& s, Eigen::Index size)
+    : kind_(s.optimizer),
+      beta1_(s.adam_beta1),
+      beta2_(s.adam_beta2),
+      eps_(s.adam_eps),
+      weight_decay_(s.weight_decay) {
+  if (kind_ == OptimizerKind::kAdam) {
+    m_ = Vector::Zero(size);
+    v_ = Vector::Zero(size);
+  }
+}
+
+void Optimizer::step(Vector& params, const Vector& grads, double lr) {
+  const Eigen::Index n = params.size();
+  float* p = params.data();
+  const float* g = grads.data();
+  const float wd = static_cast<float>(weight_decay_);
+  if (kind_ == OptimizerKind::kSgd) {
+    const float rate = static_cast<float>(lr);
+#pragma omp parallel for schedule(static)
+    for (Eigen::Index i = 0; i < n; ++i) p[i] -= rate * (g[i] + wd * p[i]);
+    return;
+  }
+  ++t_;
+  const float b1 = static_cast<float>(beta1_), b2 = static_cast<float>(beta2_);
+  const float eps = static_cast<float>(eps_);
+  // Bias corrections folded into the step size, as in Kingma and Ba (2015), Algorithm 1.
+  const double correction1 = 1.0 - std::pow(beta1_, static_cast<double>(t_));
+  const double correction2 = 1.0 - std::pow(beta2_, static_cast<double>(t_));
+  const float rate = static_cast<float>(lr / correction1);
+  const float root_c2 = static_cast<float>(std::sqrt(correction2));
+  float* m = m_.data();
+  float* v = v_.data();
+#pragma omp parallel for schedule(static)
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const float grad = g[i] + wd * p[i];
+    m[i] = b1 * m[i] + (1.0f - b1) * grad;
+    v[i] = b2 * v[i] + (1.0f - b2) * grad * grad;
+    p[i] -= rate * m[i] / (std::sqrt(v[i]) / root_c2 + eps);
+  }
+}
+
+}  // namespace lstm
