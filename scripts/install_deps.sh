@@ -9,7 +9,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build git pkg-config
   libeigen3-dev libcli11-dev libspdlog-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev libopenblas-dev
+  libgtest-dev libgmock-dev libopenblas-dev libopenblas0-openmp
   clang libclang-rt-dev
 )
 if [[ "${1:-}" == "--with-python" ]]; then

@@ -23,8 +23,8 @@ extern "C" void on_stop_signal(int signal_number) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Train a word-level RNN/LSTM/GRU language model.\n\nConfig keys (override any with --set KEY=VALUE):\n" +
-               lstm::describe_config_keys()};
+  CLI::App app{"Train a word-level RNN/LSTM/GRU language model from a JSON config."};
+  app.footer("Config keys (override any with --set KEY=VALUE):\n" + lstm::describe_config_keys());
   app.get_formatter()->column_width(34);
   lstm::add_version_flag(app);
   std::string config_path, run_dir, resume, log_level = "info", progress = "auto";

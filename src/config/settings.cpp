@@ -74,6 +74,10 @@ const std::vector<KeySpec>& schema() {
        1.0, 1e6},
       {"train.clip_norm", Kind::kFloat, 0.25, "max global L2 norm of the gradient; 0 = no clipping",
        0.0, 1e9},
+      {"train.loss_reduction", Kind::kString, "mean",
+       "\"mean\": gradient of the mean loss per token; \"sum_over_time\": summed over the bptt steps and "
+       "averaged over the streams (Zaremba et al.)",
+       std::nullopt, std::nullopt, false, false, {"mean", "sum_over_time"}},
       {"train.seed", Kind::kInt, 1, "seed of initialization and dropout", 0.0, 9e15},
       {"train.log_interval", Kind::kInt, 100, "steps between log lines and metrics records", 1.0, 1e9},
       {"train.optimizer", Kind::kString, "sgd", "optimizer", std::nullopt, std::nullopt, false,
@@ -122,7 +126,6 @@ std::string closest_key(const std::string& key) {
   std::string best;
   std::size_t best_distance = std::numeric_limits<std::size_t>::max();
   for (const auto& spec : schema()) {
-    // Compare the last component too, so "train.learning_rat" still finds a key.
     const std::size_t d = edit_distance(key, spec.key);
     if (d < best_distance) {
       best_distance = d;
@@ -311,6 +314,8 @@ Settings settings_from_json(const json& document, const std::vector<std::string>
   s.train.lr_schedule = str("train.lr_schedule") == "epoch" ? LrSchedule::kEpoch : LrSchedule::kPlateau;
   s.train.lr_decay_start = static_cast<int>(integer("train.lr_decay_start"));
   s.train.clip_norm = num("train.clip_norm");
+  s.train.loss_reduction =
+      str("train.loss_reduction") == "sum_over_time" ? LossReduction::kSumOverTime : LossReduction::kMean;
   s.train.seed = static_cast<std::uint64_t>(integer("train.seed"));
   s.train.log_interval = static_cast<int>(integer("train.log_interval"));
   s.train.optimizer = str("train.optimizer") == "adam" ? OptimizerKind::kAdam : OptimizerKind::kSgd;
@@ -355,7 +360,12 @@ std::string describe_config_keys() {
   std::ostringstream out;
   for (const auto& spec : schema()) {
     out << "  " << spec.key << " (" << kind_name(spec.kind) << ", default " << spec.default_value.dump()
-        << "): " << spec.doc << "\n";
+        << "): " << spec.doc;
+    if (!spec.choices.empty()) {
+      out << "; one of";
+      for (const auto& c : spec.choices) out << " \"" << c << "\"";
+    }
+    out << "\n";
   }
   return out.str();
 }

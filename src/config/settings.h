@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "model/model.h"
 #include "model/model_config.h"
 
 namespace lstm {
@@ -35,6 +36,7 @@ struct TrainSettings {
   LrSchedule lr_schedule = LrSchedule::kPlateau;
   int lr_decay_start = 1;         // first epoch (1-based) divided, "epoch" schedule
   double clip_norm = 0.25;        // 0 = off
+  LossReduction loss_reduction = LossReduction::kMean;
   std::uint64_t seed = 1;
   int log_interval = 100;         // steps
   OptimizerKind optimizer = OptimizerKind::kSgd;

@@ -131,7 +131,7 @@ Workspace::Workspace(const ModelConfig& c, int batch_, int max_steps_)
 }
 
 double model_forward(LanguageModel& model, Workspace& ws, int steps, bool training,
-                     Rng* dropout_rng) {
+                     Rng* dropout_rng, LossReduction reduction) {
   const ModelConfig& c = model.config();
   const int B = ws.batch, TB = steps * B, L = c.num_layers;
   ws.dropout_active = training && c.dropout > 0.0f;
@@ -160,15 +160,17 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
   const ConstMatRef top = ws.dropout_active ? ConstMatRef(ws.dropped[L - 1].leftCols(TB))
                                             : ConstMatRef(ws.layers[L - 1].outputs(steps));
 
-  // 3. Decoder: logits = W^T h + b, for every step in one product.
+  // 3. Decoder: logits = W^T h (+ b, added inside the softmax pass), for every step in one product.
   auto logits = ws.logits.leftCols(TB);
   gemm(Trans::kYes, Trans::kNo, 1.0f, model.decoder_weight(), top, 0.0f, logits);
-  logits.colwise() += model.decoder_bias().col(0);
 
   // 4. Softmax cross-entropy; in training, dL/dlogits of the mean loss.
   std::optional<float> grad_scale;
-  if (training) grad_scale = 1.0f / static_cast<float>(TB);
-  softmax_cross_entropy(logits, ws.targets.data(), ws.column_loss.data(), grad_scale);
+  if (training) {
+    grad_scale = 1.0f / static_cast<float>(reduction == LossReduction::kMean ? TB : B);
+  }
+  softmax_cross_entropy(logits, model.decoder_bias().data(), ws.targets.data(), ws.column_loss.data(),
+                        grad_scale);
   double total = 0.0;
   for (int j = 0; j < TB; ++j) total += ws.column_loss[j];
   return total;
@@ -183,7 +185,7 @@ void model_backward(LanguageModel& model, Workspace& ws, int steps) {
 
   // undo 3: dW += h dlogits^T, db += sum of dlogits, dh = W dlogits.
   gemm(Trans::kNo, Trans::kYes, 1.0f, top, dlogits, 1.0f, model.decoder_weight_grad());
-  model.decoder_bias_grad().col(0) += dlogits.rowwise().sum();
+  gemv_add_row_sums(dlogits, model.decoder_bias_grad().data());
   Matrix* d_out = &ws.d_hidden_a;
   Matrix* d_in = &ws.d_hidden_b;
   gemm(Trans::kNo, Trans::kNo, 1.0f, model.decoder_weight(), dlogits, 0.0f, d_out->leftCols(TB));

@@ -68,15 +68,21 @@ struct Workspace {
   bool dropout_active = false;   // the last forward pass applied dropout
 };
 
+// The loss whose gradient training follows. kMean is the mean over the T*B
+// predictions of a window (PyTorch's example, the book). kSumOverTime sums over
+// the T steps and averages over the B streams, as Zaremba et al.'s TensorFlow
+// code does; its gradient is T times larger, which their lr 1 assumes.
+enum class LossReduction { kMean, kSumOverTime };
+
 // Runs the model over a window of `steps` steps whose ids are already in
 // ws.inputs and ws.targets, from the carried state in ws. Returns the summed
 // loss (nats) of the steps*B predictions. In training mode it applies dropout
-// (drawing masks from dropout_rng) and leaves dL/dlogits of the mean loss in
-// ws.logits for backward().
+// (drawing masks from dropout_rng) and leaves dL/dlogits of the window's
+// training loss (by `reduction`) in ws.logits for backward().
 double model_forward(LanguageModel& model, Workspace& ws, int steps, bool training,
-                     Rng* dropout_rng);
+                     Rng* dropout_rng, LossReduction reduction = LossReduction::kMean);
 
-// Adds the gradients of the window's mean loss into model.params().grads().
+// Adds the gradients of the window's training loss into model.params().grads().
 void model_backward(LanguageModel& model, Workspace& ws, int steps);
 
 // Moves h_T (and c_T) of the last window into the carried state.

@@ -4,12 +4,14 @@
 
 namespace lstm {
 
-void softmax_cross_entropy(MatRef logits, const TokenId* targets, float* column_loss,
+void softmax_cross_entropy(MatRef logits, const float* bias, const TokenId* targets, float* column_loss,
                            std::optional<float> grad_scale) {
   const Eigen::Index n = logits.cols();
+  const Eigen::Index v = logits.rows();
 #pragma omp parallel for schedule(static)
   for (Eigen::Index j = 0; j < n; ++j) {
     auto z = logits.col(j).array();
+    if (bias != nullptr) z += Eigen::Map<const Eigen::ArrayXf>(bias, v);
     const float max_logit = z.maxCoeff();
     const float target_logit = z(targets[j]);
     if (grad_scale) {

@@ -8,12 +8,14 @@ namespace lstm {
 
 // Softmax cross-entropy over the columns of logits (V x N), with a stable
 // log-sum-exp: loss_j = log(sum_v exp(z_vj - m_j)) + m_j - z_{y_j, j}.
+// When bias (V floats) is given, it is first added to every column, in the
+// same pass, so the caller's product need not add it separately.
 // Writes loss_j to column_loss[j] (N floats). When grad_scale is set, also
 // overwrites logits with grad_scale * (softmax(z) - onehot(y)), the gradient
 // of grad_scale * sum_j loss_j, in the same pass over memory.
 // Columns are split statically across threads, so results do not depend on
 // the thread count.
-void softmax_cross_entropy(MatRef logits, const TokenId* targets, float* column_loss,
+void softmax_cross_entropy(MatRef logits, const float* bias, const TokenId* targets, float* column_loss,
                            std::optional<float> grad_scale);
 
 }  // namespace lstm

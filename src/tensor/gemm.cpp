@@ -44,6 +44,20 @@ void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const
 #endif
 }
 
+void gemv_add_row_sums(const ConstMatRef& a, float* sums) {
+  if (a.rows() == 0 || a.cols() == 0) return;
+  // The ones vector grows to the widest matrix seen; it is allocated once per
+  // size, outside the steady state of a training loop.
+  static thread_local Vector ones;
+  if (ones.size() < a.cols()) ones = Vector::Ones(a.cols());
+#ifdef LSTM_USE_OPENBLAS
+  cblas_sgemv(CblasColMajor, CblasNoTrans, static_cast<blasint>(a.rows()), static_cast<blasint>(a.cols()), 1.0f,
+              a.data(), static_cast<blasint>(a.outerStride()), ones.data(), 1, 1.0f, sums, 1);
+#else
+  Eigen::Map<Vector>(sums, a.rows()).noalias() += a * ones.head(a.cols());
+#endif
+}
+
 void set_num_threads(int threads) {
   if (threads <= 0) {
     threads = static_cast<int>(std::thread::hardware_concurrency());

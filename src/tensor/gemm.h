@@ -14,6 +14,10 @@ enum class Trans { kNo, kYes };
 void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const ConstMatRef& b,
           float beta, MatRef c);
 
+// sums[i] += sum over the columns of a(i, :); a matrix-vector product with a
+// vector of ones, so that it runs on every thread like the other products.
+void gemv_add_row_sums(const ConstMatRef& a, float* sums);
+
 // Sets the threads used by matrix products and by the element-wise loops.
 // 0 means every core of the machine.
 void set_num_threads(int threads);

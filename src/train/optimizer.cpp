@@ -26,9 +26,15 @@ double global_norm(const Vector& values) {
   return std::sqrt(total);
 }
 
+float clip_factor(double norm, double clip_norm) {
+  if (clip_norm <= 0.0 || !(norm > clip_norm)) return 1.0f;
+  return static_cast<float>(clip_norm / norm);
+}
+
 bool clip_gradients(Vector& grads, double norm, double clip_norm) {
-  if (clip_norm <= 0.0 || !(norm > clip_norm)) return false;
-  grads *= static_cast<float>(clip_norm / norm);
+  const float factor = clip_factor(norm, clip_norm);
+  if (factor == 1.0f) return false;
+  grads *= factor;
   return true;
 }
 
@@ -44,7 +50,7 @@ Optimizer::Optimizer(const TrainSettings& s, Eigen::Index size)
   }
 }
 
-void Optimizer::step(Vector& params, const Vector& grads, double lr) {
+void Optimizer::step(Vector& params, const Vector& grads, double lr, float grad_scale) {
   const Eigen::Index n = params.size();
   float* p = params.data();
   const float* g = grads.data();
@@ -52,7 +58,7 @@ void Optimizer::step(Vector& params, const Vector& grads, double lr) {
   if (kind_ == OptimizerKind::kSgd) {
     const float rate = static_cast<float>(lr);
 #pragma omp parallel for schedule(static)
-    for (Eigen::Index i = 0; i < n; ++i) p[i] -= rate * (g[i] + wd * p[i]);
+    for (Eigen::Index i = 0; i < n; ++i) p[i] -= rate * (grad_scale * g[i] + wd * p[i]);
     return;
   }
   ++t_;
@@ -67,7 +73,7 @@ void Optimizer::step(Vector& params, const Vector& grads, double lr) {
   float* v = v_.data();
 #pragma omp parallel for schedule(static)
   for (Eigen::Index i = 0; i < n; ++i) {
-    const float grad = g[i] + wd * p[i];
+    const float grad = grad_scale * g[i] + wd * p[i];
     m[i] = b1 * m[i] + (1.0f - b1) * grad;
     v[i] = b2 * v[i] + (1.0f - b2) * grad * grad;
     p[i] -= rate * m[i] / (std::sqrt(v[i]) / root_c2 + eps);

@@ -16,13 +16,18 @@ double global_norm(const Vector& values);
 // when it scaled.
 bool clip_gradients(Vector& grads, double norm, double clip_norm);
 
+// The factor clip_gradients() would scale by: clip_norm / norm when
+// norm > clip_norm > 0, else 1.
+float clip_factor(double norm, double clip_norm);
+
 class Optimizer {
  public:
   Optimizer(const TrainSettings& settings, Eigen::Index size);
 
-  // One update with learning rate lr. Weight decay adds weight_decay * p to
-  // the gradient (after clipping), for SGD and Adam alike.
-  void step(Vector& params, const Vector& grads, double lr);
+  // One update with learning rate lr from grads * grad_scale (the clipping
+  // factor, applied in the same pass). Weight decay adds weight_decay * p to
+  // the scaled gradient, for SGD and Adam alike.
+  void step(Vector& params, const Vector& grads, double lr, float grad_scale = 1.0f);
 
   OptimizerKind kind() const { return kind_; }
   // Adam's moment estimates and update count; empty for SGD.

@@ -325,7 +325,8 @@ int Training::run() {
       const auto step_start = Clock::now();
       const int steps = batcher_->fill(st_.position, t.bptt, train_ws_->inputs.data(), train_ws_->targets.data());
       model_->params().grads().setZero();
-      const double loss_sum = model_forward(*model_, *train_ws_, steps, /*training=*/true, &dropout_rng_);
+      const double loss_sum = model_forward(*model_, *train_ws_, steps, /*training=*/true, &dropout_rng_,
+                                            t.loss_reduction);
       model_backward(*model_, *train_ws_, steps);
       const double grad_norm = global_norm(model_->params().grads());
       const double loss = loss_sum / (static_cast<double>(steps) * B);
@@ -350,8 +351,9 @@ int Training::run() {
         spdlog::warn("exploding gradient at step {}: norm {:.3g} before clipping{}", st_.step + 1, grad_norm,
                      t.clip_norm > 0.0 ? "" : " (clipping is off: set train.clip_norm)");
       }
-      const bool clipped = clip_gradients(model_->params().grads(), grad_norm, t.clip_norm);
-      optimizer_->step(model_->params().values(), model_->params().grads(), st_.lr);
+      const float clip = clip_factor(grad_norm, t.clip_norm);
+      const bool clipped = clip != 1.0f;
+      optimizer_->step(model_->params().values(), model_->params().grads(), st_.lr, clip);
       carry_state(*train_ws_, steps);
 
       ++st_.step;

@@ -1,0 +1,220 @@
+// lstm-bench: times full training steps (forward, backward, clipping, update)
+// and evaluation steps of a config's model on synthetic token ids, and
+// compares the matrix work per second with a large single-precision product.
+//
+//   lstm-bench --config configs/ptb_lstm_small.json [--threads 2] [--json]
+//   lstm-bench --sweep   (hidden 100/200/650/1500 x batch 1/20/64)
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "config/settings.h"
+#include "data/batcher.h"
+#include "model/model.h"
+#include "tensor/gemm.h"
+#include "train/optimizer.h"
+#include "util/error.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace lstm;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Floating-point operations of the matrix products per token: each product
+// of (m x k) by (k x n) counts 2mkn. Training runs every product three times
+// (forward, and the two gradients of backward), evaluation once.
+double matrix_flops_per_token(const ModelConfig& c, bool training) {
+  double flops = 0.0;
+  for (int l = 0; l < c.num_layers; ++l) {
+    const double input = l == 0 ? c.embedding_size : c.hidden_size;
+    flops += 2.0 * gate_rows(c.cell, c.hidden_size) * (input + c.hidden_size);
+  }
+  flops += 2.0 * c.hidden_size * c.vocab_size;
+  return training ? 3.0 * flops : flops;
+}
+
+// GFLOP/s of a 1024^3 single-precision product through the build's backend.
+double peak_gemm_gflops(int repeats) {
+  const int n = 1024;
+  Matrix a = Matrix::Random(n, n), b = Matrix::Random(n, n), c = Matrix::Zero(n, n);
+  gemm(Trans::kNo, Trans::kNo, 1.0f, a, b, 0.0f, c);  // warm-up
+  std::vector<double> rates;
+  for (int r = 0; r < repeats; ++r) {
+    const auto start = Clock::now();
+    gemm(Trans::kNo, Trans::kNo, 1.0f, a, b, 0.0f, c);
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    rates.push_back(2.0 * n * n * n / s / 1e9);
+  }
+  return median(rates);
+}
+
+// The same product through Eigen's own kernel, for the backend comparison.
+double eigen_gemm_gflops(int repeats) {
+  const int n = 1024;
+  Matrix a = Matrix::Random(n, n), b = Matrix::Random(n, n), c = Matrix::Zero(n, n);
+  c.noalias() = a * b;
+  std::vector<double> rates;
+  for (int r = 0; r < repeats; ++r) {
+    const auto start = Clock::now();
+    c.noalias() = a * b;
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    rates.push_back(2.0 * n * n * n / s / 1e9);
+  }
+  return median(rates);
+}
+
+struct StepTimes {
+  double train_tokens_per_s = 0.0;
+  double eval_tokens_per_s = 0.0;
+};
+
+StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train, int eval_batch, int warmup,
+                     int steps, std::uint64_t seed) {
+  LanguageModel model(model_config);
+  Rng rng(seed);
+  model.initialize(rng);
+  // Synthetic ids, enough for every window to be distinct.
+  std::vector<TokenId> ids(static_cast<std::size_t>(train.batch_size) * train.bptt * (steps + warmup + 2) + 1);
+  for (auto& id : ids) id = static_cast<TokenId>(rng.below(static_cast<std::uint64_t>(model_config.vocab_size)));
+  Optimizer optimizer(train, model.params().total_size());
+
+  StepTimes result;
+  {
+    Workspace ws(model_config, train.batch_size, train.bptt);
+    StreamBatcher batcher(&ids, train.batch_size);
+    std::vector<double> rates;
+    std::int64_t position = 0;
+    for (int s = 0; s < warmup + steps; ++s) {
+      const auto start = Clock::now();
+      const int T = batcher.fill(position, train.bptt, ws.inputs.data(), ws.targets.data());
+      model.params().grads().setZero();
+      model_forward(model, ws, T, /*training=*/true, &rng);
+      model_backward(model, ws, T);
+      const double norm = global_norm(model.params().grads());
+      optimizer.step(model.params().values(), model.params().grads(), 1e-3, clip_factor(norm, train.clip_norm));
+      carry_state(ws, T);
+      const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      if (s >= warmup) rates.push_back(static_cast<double>(T) * train.batch_size / seconds);
+      position += T;
+    }
+    result.train_tokens_per_s = median(rates);
+  }
+  {
+    Workspace ws(model_config, eval_batch, train.bptt);
+    StreamBatcher batcher(&ids, eval_batch);
+    std::vector<double> rates;
+    std::int64_t position = 0;
+    for (int s = 0; s < warmup + steps; ++s) {
+      const auto start = Clock::now();
+      const int T = batcher.fill(position, train.bptt, ws.inputs.data(), ws.targets.data());
+      model_forward(model, ws, T, /*training=*/false, nullptr);
+      carry_state(ws, T);
+      const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      if (s >= warmup) rates.push_back(static_cast<double>(T) * eval_batch / seconds);
+      position += T;
+    }
+    result.eval_tokens_per_s = median(rates);
+  }
+  return result;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Time training and evaluation steps on synthetic ids; report tokens/s and the fraction "
+               "of the matrix-product bound reached."};
+  std::string config_path;
+  std::vector<std::string> overrides;
+  int threads = 0, vocab = 10000, steps = 20, warmup = 5;
+  bool as_json = false, sweep = false;
+  app.add_option("--config", config_path, "JSON config whose model, batch and bptt are timed");
+  app.add_option("--set", overrides, "override a config key, KEY=VALUE (repeatable)");
+  app.add_option("--threads", threads, "threads (default: all cores)");
+  app.add_option("--vocab", vocab, "vocabulary size V of the synthetic ids (default: 10000)");
+  app.add_option("--steps", steps, "timed steps; the median is reported (default: 20)");
+  app.add_option("--warmup", warmup, "untimed steps first (default: 5)");
+  app.add_flag("--json", as_json, "print one JSON object");
+  app.add_flag("--sweep", sweep, "sweep hidden size 100/200/650/1500 and batch size 1/20/64 (LSTM, E = H)");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    set_num_threads(threads);
+    const double peak = peak_gemm_gflops(7);
+    const double eigen_peak = eigen_gemm_gflops(5);
+    if (sweep) {
+      std::printf("threads %d, %s sgemm 1024^3: %.1f GFLOP/s, eigen: %.1f GFLOP/s\n", num_threads(),
+                  gemm_backend(), peak, eigen_peak);
+      std::printf("| hidden | batch | train tok/s | train GFLOP/s | fraction of bound | eval tok/s |\n");
+      std::printf("|---:|---:|---:|---:|---:|---:|\n");
+      for (int hidden : {100, 200, 650, 1500}) {
+        for (int batch : {1, 20, 64}) {
+          ModelConfig c;
+          c.cell = CellType::kLstm;
+          c.vocab_size = vocab;
+          c.embedding_size = c.hidden_size = hidden;
+          TrainSettings t;
+          t.batch_size = batch;
+          t.bptt = 35;
+          // Fewer timed steps for the largest models keep the sweep within minutes.
+          const int n = hidden >= 650 ? std::max(3, steps / 4) : steps;
+          const StepTimes times = time_steps(c, t, batch, std::min(warmup, 2), n, 1);
+          const double gflops = times.train_tokens_per_s * matrix_flops_per_token(c, true) / 1e9;
+          std::printf("| %d | %d | %.0f | %.1f | %.3f | %.0f |\n", hidden, batch, times.train_tokens_per_s, gflops,
+                      gflops / peak, times.eval_tokens_per_s);
+          std::fflush(stdout);
+        }
+      }
+      return 0;
+    }
+    if (config_path.empty()) throw ConfigError("missing --config FILE (or --sweep): see --help");
+    Settings s = load_settings(config_path, overrides);
+    s.model.vocab_size = vocab;
+    const StepTimes times = time_steps(s.model, s.train, s.eval.batch_size, warmup, steps, s.train.seed);
+    const double train_flops = matrix_flops_per_token(s.model, true);
+    const double eval_flops = matrix_flops_per_token(s.model, false);
+    const double train_gflops = times.train_tokens_per_s * train_flops / 1e9;
+    const double eval_gflops = times.eval_tokens_per_s * eval_flops / 1e9;
+    if (as_json) {
+      const nlohmann::json out = {{"config", config_path},
+                                  {"threads", num_threads()},
+                                  {"backend", gemm_backend()},
+                                  {"batch_size", s.train.batch_size},
+                                  {"eval_batch_size", s.eval.batch_size},
+                                  {"bptt", s.train.bptt},
+                                  {"train_tokens_per_s", times.train_tokens_per_s},
+                                  {"eval_tokens_per_s", times.eval_tokens_per_s},
+                                  {"train_flops_per_token", train_flops},
+                                  {"eval_flops_per_token", eval_flops},
+                                  {"train_gflops", train_gflops},
+                                  {"eval_gflops", eval_gflops},
+                                  {"peak_gflops", peak},
+                                  {"eigen_peak_gflops", eigen_peak},
+                                  {"train_fraction_of_bound", train_gflops / peak},
+                                  {"eval_fraction_of_bound", eval_gflops / peak}};
+      std::printf("%s\n", out.dump().c_str());
+    } else {
+      std::printf("config            %s (batch %d, eval batch %d, bptt %d, V %d, %d threads)\n", config_path.c_str(),
+                  s.train.batch_size, s.eval.batch_size, s.train.bptt, vocab, num_threads());
+      std::printf("sgemm 1024^3      %.1f GFLOP/s (%s), eigen %.1f GFLOP/s\n", peak, gemm_backend(), eigen_peak);
+      std::printf("train             %.0f tokens/s, %.2f MFLOP/token, %.1f GFLOP/s, %.3f of the bound\n",
+                  times.train_tokens_per_s, train_flops / 1e6, train_gflops, train_gflops / peak);
+      std::printf("eval              %.0f tokens/s, %.2f MFLOP/token, %.1f GFLOP/s, %.3f of the bound\n",
+                  times.eval_tokens_per_s, eval_flops / 1e6, eval_gflops, eval_gflops / peak);
+      std::printf("eval / train      %.2f\n", times.eval_tokens_per_s / times.train_tokens_per_s);
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
