@@ -20,7 +20,8 @@ train.batch_size for training, eval.batch_size for evaluation) and read in
 windows of train.bptt steps, the last window being shorter. Targets are the
 inputs shifted by one token.
 
-Training: mean cross-entropy per window, then gradient clipping to total norm
+Training: mean cross-entropy per window (times the window length when
+train.loss_reduction is "sum_over_time"), then gradient clipping to total norm
 train.clip_norm (when > 0), then an SGD or Adam step. The hidden state starts
 at zero each epoch and is carried, detached, from window to window. Evaluation
 does the same without dropout, and perplexity = exp(total NLL / tokens).
@@ -184,6 +185,7 @@ def resolve_settings(config):
         "lr_schedule": choice("train.lr_schedule", "plateau", LR_SCHEDULES),
         "lr_decay_start": number("train.lr_decay_start", 1, kind=int, minimum=1),
         "clip_norm": number("train.clip_norm", 0.0, minimum=0.0),
+        "loss_reduction": choice("train.loss_reduction", "mean", ("mean", "sum_over_time")),
         "seed": number("train.seed", 1, kind=int),
         "optimizer": choice("train.optimizer", "sgd", OPTIMIZERS),
         "adam_beta1": number("train.adam_beta1", 0.9, minimum=0.0),
@@ -414,7 +416,11 @@ def train_epoch(torch, model, optimizer, streams, settings, steps_done):
         logits, state = model(inputs, state)
         loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         optimizer.zero_grad()
-        loss.backward()
+        if settings["loss_reduction"] == "sum_over_time":
+            # Summed over the window's steps, averaged over the streams.
+            (loss * inputs.size(0)).backward()
+        else:
+            loss.backward()
         if settings["clip_norm"] > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip_norm"])
         optimizer.step()

@@ -1,5 +1,9 @@
 #include "layers/recurrent.h"
 
+#include <omp.h>
+
+#include <algorithm>
+
 #include "tensor/gemm.h"
 
 namespace lstm {
@@ -20,6 +24,8 @@ RecurrentCache::RecurrentCache(CellType cell_, int input_size_, int hidden_size_
   dh_step = Matrix::Zero(H, B);
   dh_norm = Vector::Zero(T);
   dc_norm = Vector::Zero(T);
+  dh_norm_sums = Matrix::Zero(T, B);
+  dc_norm_sums = Matrix::Zero(T, B);
   if (cell == CellType::kLstm) {
     cbuf = Matrix::Zero(H, (T + 1) * B);
     tanh_c = Matrix::Zero(H, T * B);
@@ -31,20 +37,38 @@ RecurrentCache::RecurrentCache(CellType cell_, int input_size_, int hidden_size_
   }
 }
 
-void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const ConstMatRef& input,
-                       int steps) {
+namespace {
+
+// Calls body(part, first_stream, stream_count) for contiguous ranges of the B
+// streams, one per thread. Returns the number of parts.
+template <typename Body>
+int for_stream_ranges(int batch, const Body& body) {
+  const int threads = std::min(stream_parallelism(), batch);
+  if (threads <= 1) {
+    body(0, 0, batch);
+    return 1;
+  }
+  int parts = 1;
+#pragma omp parallel num_threads(threads)
+  {
+    const int part = omp_get_thread_num();
+    const int count = omp_get_num_threads();
+#pragma omp single
+    parts = count;
+    const int first = batch * part / count;
+    const int last = batch * (part + 1) / count;
+    body(part, first, last - first);
+  }
+  return parts;
+}
+
+// Steps 0..steps-1 of streams [b0, b0 + nb), after the input projection.
+void forward_streams(RecurrentCache& cache, const RecurrentWeights& w, int steps, int b0, int nb) {
   const int B = cache.batch, H = cache.hidden_size;
-  const int TB = steps * B;
-
-  // 1. Input projection and bias for all steps at once: gates = Wx X + b.
-  auto all_gates = cache.gates.leftCols(TB);
-  gemm(Trans::kNo, Trans::kNo, 1.0f, w.wx, input, 0.0f, all_gates);
-  all_gates.colwise() += w.b.col(0);
-
   for (int t = 0; t < steps; ++t) {
-    auto g_t = cache.gates.middleCols(t * B, B);
-    auto h_prev = cache.hbuf.middleCols(t * B, B);
-    auto h_t = cache.hbuf.middleCols((t + 1) * B, B);
+    auto g_t = cache.gates.middleCols(t * B + b0, nb);
+    auto h_prev = cache.hbuf.middleCols(t * B + b0, nb);
+    auto h_t = cache.hbuf.middleCols((t + 1) * B + b0, nb);
 
     switch (cache.cell) {
       case CellType::kRnn:
@@ -69,9 +93,9 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
         auto i = g_t.middleRows(H, H).array();
         auto o = g_t.middleRows(2 * H, H).array();
         auto g = g_t.bottomRows(H).array();
-        auto c_prev = cache.cbuf.middleCols(t * B, B).array();
-        auto c_t = cache.cbuf.middleCols((t + 1) * B, B).array();
-        auto tanh_c = cache.tanh_c.middleCols(t * B, B).array();
+        auto c_prev = cache.cbuf.middleCols(t * B + b0, nb).array();
+        auto c_t = cache.cbuf.middleCols((t + 1) * B + b0, nb).array();
+        auto tanh_c = cache.tanh_c.middleCols(t * B + b0, nb).array();
         c_t = f * c_prev + i * g;
         tanh_c = c_t.tanh();
         h_t.array() = o * tanh_c;
@@ -82,7 +106,7 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
         gemm(Trans::kNo, Trans::kNo, 1.0f, w.wh.topRows(2 * H), h_prev, 1.0f, g_t.topRows(2 * H));
         g_t.topRows(2 * H).array() = g_t.topRows(2 * H).array().logistic();
         // 3. Candidate from the reset state r * h_{t-1}.
-        auto rh_t = cache.rh.middleCols(t * B, B);
+        auto rh_t = cache.rh.middleCols(t * B + b0, nb);
         rh_t.array() = g_t.middleRows(H, H).array() * h_prev.array();
         gemm(Trans::kNo, Trans::kNo, 1.0f, w.wh.bottomRows(H), rh_t, 1.0f, g_t.bottomRows(H));
         g_t.bottomRows(H).array() = g_t.bottomRows(H).array().tanh();
@@ -96,48 +120,50 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
   }
 }
 
-void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, RecurrentGrads& g,
-                        const ConstMatRef& input, const ConstMatRef& d_output, MatRef* d_input,
-                        int steps) {
+// Backward through steps-1..0 of streams [b0, b0 + nb); fills dgates and the
+// part-th column of the norm sums.
+void backward_streams(RecurrentCache& cache, const RecurrentWeights& w, const ConstMatRef& d_output,
+                      int steps, int part, int b0, int nb) {
   const int B = cache.batch, H = cache.hidden_size;
-  const int TB = steps * B;
-
-  cache.dh_next.setZero();
-  if (cache.cell == CellType::kLstm) cache.dc_next.setZero();
+  auto dh_next = cache.dh_next.middleCols(b0, nb);
+  auto dh_step = cache.dh_step.middleCols(b0, nb);
+  dh_next.setZero();
+  if (cache.cell == CellType::kLstm) cache.dc_next.middleCols(b0, nb).setZero();
 
   for (int t = steps - 1; t >= 0; --t) {
-    auto g_t = cache.gates.middleCols(t * B, B);
-    auto dg_t = cache.dgates.middleCols(t * B, B);
-    auto h_prev = cache.hbuf.middleCols(t * B, B);
-    auto h_t = cache.hbuf.middleCols((t + 1) * B, B);
+    auto g_t = cache.gates.middleCols(t * B + b0, nb);
+    auto dg_t = cache.dgates.middleCols(t * B + b0, nb);
+    auto h_prev = cache.hbuf.middleCols(t * B + b0, nb);
+    auto h_t = cache.hbuf.middleCols((t + 1) * B + b0, nb);
 
     // dL/dh_t: from the layer above (or the output) and from step t+1.
-    cache.dh_step = d_output.middleCols(t * B, B) + cache.dh_next;
-    auto dh = cache.dh_step.array();
-    cache.dh_norm[t] = cache.dh_step.colwise().norm().mean();
+    dh_step = d_output.middleCols(t * B + b0, nb) + dh_next;
+    auto dh = dh_step.array();
+    cache.dh_norm_sums(t, part) = dh_step.colwise().norm().sum();
 
     switch (cache.cell) {
       case CellType::kRnn:
         // undo 3: h = tanh(a), da = dh * (1 - h^2); undo 2: dh_{t-1} = Wh^T da.
         dg_t.array() = dh * (1.0f - h_t.array().square());
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, cache.dh_next);
+        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, dh_next);
         break;
       case CellType::kRnnRelu:
         // undo 3: h = max(0, a), da = dh where h > 0.
         dg_t.array() = (h_t.array() > 0.0f).select(dh, 0.0f);
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, cache.dh_next);
+        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, dh_next);
         break;
       case CellType::kLstm: {
         auto f = g_t.topRows(H).array();
         auto i = g_t.middleRows(H, H).array();
         auto o = g_t.middleRows(2 * H, H).array();
         auto gg = g_t.bottomRows(H).array();
-        auto tanh_c = cache.tanh_c.middleCols(t * B, B).array();
-        auto c_prev = cache.cbuf.middleCols(t * B, B).array();
-        auto dc = cache.dc_next.array();
+        auto tanh_c = cache.tanh_c.middleCols(t * B + b0, nb).array();
+        auto c_prev = cache.cbuf.middleCols(t * B + b0, nb).array();
+        auto dc_next = cache.dc_next.middleCols(b0, nb);
+        auto dc = dc_next.array();
         // undo 4: h = o * tanh(c), so dc += dh * o * (1 - tanh(c)^2).
         dc += dh * o * (1.0f - tanh_c.square());
-        cache.dc_norm[t] = cache.dc_next.colwise().norm().mean();
+        cache.dc_norm_sums(t, part) = dc_next.colwise().norm().sum();
         // undo 3 through 4: c = f*c_prev + i*g; sigmoid' = s(1-s), tanh' = 1 - t^2.
         dg_t.topRows(H).array() = dc * c_prev * f * (1.0f - f);
         dg_t.middleRows(H, H).array() = dc * gg * i * (1.0f - i);
@@ -146,7 +172,7 @@ void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, Recurr
         // The cell path: dc_{t-1} = dc_t * f, only an element-wise product.
         dc *= f;
         // undo 2: dh_{t-1} = Wh^T da.
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, cache.dh_next);
+        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, dh_next);
         break;
       }
       case CellType::kGru: {
@@ -154,19 +180,52 @@ void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, Recurr
         auto r = g_t.middleRows(H, H).array();
         auto n = g_t.bottomRows(H).array();
         auto hp = h_prev.array();
+        auto drh = cache.drh.middleCols(b0, nb);
         // undo 4: h = z*h_prev + (1-z)*n.
         dg_t.bottomRows(H).array() = dh * (1.0f - z) * (1.0f - n.square());
         dg_t.topRows(H).array() = dh * (hp - n) * z * (1.0f - z);
         // undo 3: n = tanh(Wx_n x + Wh_n (r*h_prev) + b_n).
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh.bottomRows(H), dg_t.bottomRows(H), 0.0f,
-             cache.drh);
-        dg_t.middleRows(H, H).array() = cache.drh.array() * hp * r * (1.0f - r);
-        cache.dh_next.array() = dh * z + cache.drh.array() * r;
+        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh.bottomRows(H), dg_t.bottomRows(H), 0.0f, drh);
+        dg_t.middleRows(H, H).array() = drh.array() * hp * r * (1.0f - r);
+        dh_next.array() = dh * z + drh.array() * r;
         // undo 2: the gates' dependence on h_prev.
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh.topRows(2 * H), dg_t.topRows(2 * H), 1.0f,
-             cache.dh_next);
+        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh.topRows(2 * H), dg_t.topRows(2 * H), 1.0f, dh_next);
         break;
       }
+    }
+  }
+}
+
+}  // namespace
+
+void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const ConstMatRef& input,
+                       int steps) {
+  const int B = cache.batch;
+  const int TB = steps * B;
+
+  // 1. Input projection and bias for all steps at once: gates = Wx X + b.
+  auto all_gates = cache.gates.leftCols(TB);
+  gemm(Trans::kNo, Trans::kNo, 1.0f, w.wx, input, 0.0f, all_gates);
+  all_gates.colwise() += w.b.col(0);
+
+  // 2-4 for every step, streams in parallel.
+  for_stream_ranges(B, [&](int, int b0, int nb) { forward_streams(cache, w, steps, b0, nb); });
+}
+
+void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, RecurrentGrads& g,
+                        const ConstMatRef& input, const ConstMatRef& d_output, MatRef* d_input,
+                        int steps) {
+  const int B = cache.batch, H = cache.hidden_size;
+  const int TB = steps * B;
+
+  // undo 4, 3 and the recurrence of 2, step by step, streams in parallel.
+  const int parts = for_stream_ranges(B, [&](int part, int b0, int nb) {
+    backward_streams(cache, w, d_output, steps, part, b0, nb);
+  });
+  for (int t = 0; t < steps; ++t) {
+    cache.dh_norm[t] = cache.dh_norm_sums.row(t).head(parts).sum() / static_cast<float>(B);
+    if (cache.cell == CellType::kLstm) {
+      cache.dc_norm[t] = cache.dc_norm_sums.row(t).head(parts).sum() / static_cast<float>(B);
     }
   }
 
@@ -175,14 +234,13 @@ void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, Recurr
   gemm(Trans::kNo, Trans::kYes, 1.0f, all_dgates, input, 1.0f, g.wx);
   auto h_prev_all = cache.hbuf.leftCols(TB);
   if (cache.cell == CellType::kGru) {
-    gemm(Trans::kNo, Trans::kYes, 1.0f, all_dgates.topRows(2 * H), h_prev_all, 1.0f,
-         g.wh.topRows(2 * H));
+    gemm(Trans::kNo, Trans::kYes, 1.0f, all_dgates.topRows(2 * H), h_prev_all, 1.0f, g.wh.topRows(2 * H));
     gemm(Trans::kNo, Trans::kYes, 1.0f, all_dgates.bottomRows(H), cache.rh.leftCols(TB), 1.0f,
          g.wh.bottomRows(H));
   } else {
     gemm(Trans::kNo, Trans::kYes, 1.0f, all_dgates, h_prev_all, 1.0f, g.wh);
   }
-  g.b.col(0) += all_dgates.rowwise().sum();
+  gemv_add_row_sums(all_dgates, g.b.data());
   if (d_input != nullptr) {
     gemm(Trans::kYes, Trans::kNo, 1.0f, w.wx, all_dgates, 0.0f, *d_input);
   }

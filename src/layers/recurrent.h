@@ -56,6 +56,8 @@ struct RecurrentCache {
   Matrix drh;     // gru only, H x B scratch
   Vector dh_norm; // T: mean over streams of |dL/dh_t|, filled by backward
   Vector dc_norm; // T: the same for dL/dc_t (lstm only)
+  Matrix dh_norm_sums;  // T x B: per-thread sums behind dh_norm (at most B threads)
+  Matrix dc_norm_sums;  // T x B: the same for dc_norm
 
   // h_T and c_T after the last forward window (the state to carry on).
   auto last_h(int steps) { return hbuf.middleCols(steps * batch, batch); }
@@ -66,6 +68,11 @@ struct RecurrentCache {
   auto outputs(int steps) { return hbuf.middleCols(batch, steps * batch); }
 };
 
+// The recurrence runs the B streams in parallel: each thread takes a range of
+// streams through every step of the window with single-threaded products, so
+// the window needs one synchronization instead of one per step. The products
+// over all steps (input projection, weight gradients) use every thread.
+//
 // Runs the layer over `steps` steps. The carried-in state must already be in
 // cache.initial_h() (and initial_c() for lstm). input: I x steps*B.
 void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const ConstMatRef& input,

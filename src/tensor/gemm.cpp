@@ -73,6 +73,15 @@ void set_num_threads(int threads) {
 
 int num_threads() { return g_threads; }
 
+int stream_parallelism() {
+#ifdef LSTM_USE_OPENBLAS
+  // openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP. The pthreads
+  // build shares one pool between callers, so concurrent calls would queue.
+  if (openblas_get_parallel() == 1) return 1;
+#endif
+  return g_threads;
+}
+
 const char* gemm_backend() {
 #ifdef LSTM_USE_OPENBLAS
   return "openblas";

@@ -23,6 +23,11 @@ void gemv_add_row_sums(const ConstMatRef& a, float* sums);
 void set_num_threads(int threads);
 int num_threads();
 
+// Threads that may each run their own single-threaded products at once: the
+// thread count when the products come from Eigen or OpenBLAS's OpenMP build
+// (which runs single-threaded inside a parallel region), else 1.
+int stream_parallelism();
+
 // Name of the matrix-product backend ("openblas" or "eigen").
 const char* gemm_backend();
 
