@@ -12,6 +12,9 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include <sys/resource.h>
+
+#include "cli/common.h"
 #include "config/settings.h"
 #include "data/batcher.h"
 #include "model/model.h"
@@ -76,7 +79,19 @@ double eigen_gemm_gflops(int repeats) {
 struct StepTimes {
   double train_tokens_per_s = 0.0;
   double eval_tokens_per_s = 0.0;
+  // Bytes of the training process's main buffers.
+  double parameter_bytes = 0.0;
+  double gradient_bytes = 0.0;
+  double optimizer_bytes = 0.0;
+  double train_activation_bytes = 0.0;
+  double eval_activation_bytes = 0.0;
 };
+
+double peak_rss_bytes() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) * 1024.0;  // ru_maxrss is in kB on Linux
+}
 
 StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train, int eval_batch, int warmup,
                      int steps, std::uint64_t seed) {
@@ -89,8 +104,13 @@ StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train
   Optimizer optimizer(train, model.params().total_size());
 
   StepTimes result;
+  result.parameter_bytes = static_cast<double>(model.params().values().size()) * sizeof(float);
+  result.gradient_bytes = static_cast<double>(model.params().grads().size()) * sizeof(float);
+  result.optimizer_bytes = static_cast<double>(optimizer.first_moment().size() + optimizer.second_moment().size()) *
+                           sizeof(float);
   {
     Workspace ws(model_config, train.batch_size, train.bptt);
+    result.train_activation_bytes = static_cast<double>(workspace_bytes(ws));
     StreamBatcher batcher(&ids, train.batch_size);
     std::vector<double> rates;
     std::int64_t position = 0;
@@ -111,6 +131,7 @@ StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train
   }
   {
     Workspace ws(model_config, eval_batch, train.bptt);
+    result.eval_activation_bytes = static_cast<double>(workspace_bytes(ws));
     StreamBatcher batcher(&ids, eval_batch);
     std::vector<double> rates;
     std::int64_t position = 0;
@@ -131,6 +152,7 @@ StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train
 }  // namespace
 
 int main(int argc, char** argv) {
+  lstm::prefer_passive_openmp_wait(argv);
   CLI::App app{"Time training and evaluation steps on synthetic ids; report tokens/s and the fraction "
                "of the matrix-product bound reached."};
   std::string config_path;
@@ -200,7 +222,13 @@ int main(int argc, char** argv) {
                                   {"peak_gflops", peak},
                                   {"eigen_peak_gflops", eigen_peak},
                                   {"train_fraction_of_bound", train_gflops / peak},
-                                  {"eval_fraction_of_bound", eval_gflops / peak}};
+                                  {"eval_fraction_of_bound", eval_gflops / peak},
+                                  {"parameter_bytes", times.parameter_bytes},
+                                  {"gradient_bytes", times.gradient_bytes},
+                                  {"optimizer_bytes", times.optimizer_bytes},
+                                  {"train_activation_bytes", times.train_activation_bytes},
+                                  {"eval_activation_bytes", times.eval_activation_bytes},
+                                  {"peak_rss_bytes", peak_rss_bytes()}};
       std::printf("%s\n", out.dump().c_str());
     } else {
       std::printf("config            %s (batch %d, eval batch %d, bptt %d, V %d, %d threads)\n", config_path.c_str(),
@@ -211,6 +239,11 @@ int main(int argc, char** argv) {
       std::printf("eval              %.0f tokens/s, %.2f MFLOP/token, %.1f GFLOP/s, %.3f of the bound\n",
                   times.eval_tokens_per_s, eval_flops / 1e6, eval_gflops, eval_gflops / peak);
       std::printf("eval / train      %.2f\n", times.eval_tokens_per_s / times.train_tokens_per_s);
+      const double mb = 1024.0 * 1024.0;
+      std::printf("memory (MiB)      parameters %.1f, gradients %.1f, optimizer %.1f, train activations %.1f, "
+                  "eval activations %.1f; peak RSS %.1f\n",
+                  times.parameter_bytes / mb, times.gradient_bytes / mb, times.optimizer_bytes / mb,
+                  times.train_activation_bytes / mb, times.eval_activation_bytes / mb, peak_rss_bytes() / mb);
     }
     return 0;
   } catch (const std::exception& e) {

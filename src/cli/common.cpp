@@ -2,7 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -10,6 +13,13 @@
 #include "util/error.h"
 
 namespace lstm {
+
+void prefer_passive_openmp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  if (::setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0) != 0) return;
+  ::execv("/proc/self/exe", argv);
+  // execv returns only on failure; the run goes on with the default policy.
+}
 
 void add_version_flag(CLI::App& app) {
   app.set_version_flag("--version", std::string("lstm-lm ") + kVersion + " (git " + kGitCommit + ")");

@@ -11,6 +11,7 @@
 #include "util/error.h"
 
 int main(int argc, char** argv) {
+  lstm::prefer_passive_openmp_wait(argv);
   CLI::App app{"Evaluate a checkpoint: perplexity = exp(mean cross-entropy per token)."};
   lstm::add_version_flag(app);
   std::string checkpoint, data = "test";

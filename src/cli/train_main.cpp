@@ -23,6 +23,7 @@ extern "C" void on_stop_signal(int signal_number) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  lstm::prefer_passive_openmp_wait(argv);
   CLI::App app{"Train a word-level RNN/LSTM/GRU language model from a JSON config."};
   app.footer("Config keys (override any with --set KEY=VALUE):\n" + lstm::describe_config_keys());
   app.get_formatter()->column_width(34);

@@ -254,6 +254,7 @@ Settings settings_from_json(const json& document, const std::vector<std::string>
   }
   std::vector<std::pair<std::string, json>> leaves;
   flatten(document, "", leaves, source);
+  const std::size_t first_override = leaves.size();
   for (const auto& item : overrides) {
     const std::size_t eq = item.find('=');
     if (eq == std::string::npos || eq == 0) {
@@ -264,13 +265,15 @@ Settings settings_from_json(const json& document, const std::vector<std::string>
 
   json values = json::object();
   for (const auto& spec : schema()) values[spec.key] = spec.default_value;
-  for (const auto& [key, value] : leaves) {
+  for (std::size_t i = 0; i < leaves.size(); ++i) {
+    const auto& [key, value] = leaves[i];
+    const std::string origin = i < first_override ? source : "--set";
     const KeySpec* spec = find_spec(key);
     if (spec == nullptr) {
-      throw ConfigError(source + ": unknown key \"" + key + "\"; did you mean \"" +
+      throw ConfigError(origin + ": unknown key \"" + key + "\"; did you mean \"" +
                         closest_key(key) + "\"?");
     }
-    check_value(*spec, value, source);
+    check_value(*spec, value, origin);
     values[key] = value;
   }
 

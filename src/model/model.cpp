@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <cmath>
+#include <stdexcept>
 
 #include "ops/softmax_cross_entropy.h"
 #include "tensor/gemm.h"
@@ -63,6 +64,21 @@ LanguageModel::LanguageModel(const ModelConfig& config) : config_(config) {
   if (!config.tie_weights) params_.add_matrix("decoder.weight", H, V);
   params_.add_vector("decoder.bias", V);
   params_.finalize();
+
+  auto index_of = [&](const std::string& name) {
+    const auto& entries = params_.entries();
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      if (entries[i].name == name) return i;
+    }
+    throw std::logic_error("parameter " + name + " was not laid out");
+  };
+  embedding_ = index_of("embedding.weight");
+  decoder_weight_ = index_of(config.tie_weights ? "embedding.weight" : "decoder.weight");
+  decoder_bias_ = index_of("decoder.bias");
+  for (int l = 0; l < config.num_layers; ++l) {
+    layers_.push_back({index_of(layer_name(l, "weight_x")), index_of(layer_name(l, "weight_h")),
+                       index_of(layer_name(l, "bias"))});
+  }
 }
 
 void LanguageModel::initialize(Rng& rng) {
@@ -85,25 +101,18 @@ void LanguageModel::initialize(Rng& rng) {
 }
 
 RecurrentWeights LanguageModel::layer_weights(int layer) {
-  auto wx = params_.value(layer_name(layer, "weight_x"));
-  auto wh = params_.value(layer_name(layer, "weight_h"));
-  auto b = params_.value(layer_name(layer, "bias"));
+  const LayerEntries& e = layers_[static_cast<std::size_t>(layer)];
+  auto wx = params_.value(entry(e.wx));
+  auto wh = params_.value(entry(e.wh));
+  auto b = params_.value(entry(e.b));
   return {ConstMatrixMap(wx.data(), wx.rows(), wx.cols()),
           ConstMatrixMap(wh.data(), wh.rows(), wh.cols()),
           ConstMatrixMap(b.data(), b.rows(), b.cols())};
 }
 
 RecurrentGrads LanguageModel::layer_grads(int layer) {
-  return {params_.grad(layer_name(layer, "weight_x")), params_.grad(layer_name(layer, "weight_h")),
-          params_.grad(layer_name(layer, "bias"))};
-}
-
-MatrixMap LanguageModel::decoder_weight() {
-  return params_.value(config_.tie_weights ? "embedding.weight" : "decoder.weight");
-}
-
-MatrixMap LanguageModel::decoder_weight_grad() {
-  return params_.grad(config_.tie_weights ? "embedding.weight" : "decoder.weight");
+  const LayerEntries& e = layers_[static_cast<std::size_t>(layer)];
+  return {params_.grad(entry(e.wx)), params_.grad(entry(e.wh)), params_.grad(entry(e.b))};
 }
 
 Workspace::Workspace(const ModelConfig& c, int batch_, int max_steps_)
@@ -207,6 +216,26 @@ void model_backward(LanguageModel& model, Workspace& ws, int steps) {
   if (ws.dropout_active) ws.d_embedded.leftCols(TB).array() *= ws.masks[0].leftCols(TB).array();
   auto d_emb = model.embedding_grad();
   for (int j = 0; j < TB; ++j) d_emb.col(ws.inputs[j]) += ws.d_embedded.col(j);
+}
+
+std::size_t workspace_bytes(const Workspace& ws) {
+  std::size_t floats = 0;
+  auto add = [&](const auto& m) { floats += static_cast<std::size_t>(m.size()); };
+  add(ws.embedded);
+  add(ws.logits);
+  add(ws.d_hidden_a);
+  add(ws.d_hidden_b);
+  add(ws.d_embedded);
+  add(ws.column_loss);
+  for (const auto& m : ws.dropped) add(m);
+  for (const auto& m : ws.masks) add(m);
+  for (const auto& c : ws.layers) {
+    for (const Matrix* m : {&c.gates, &c.hbuf, &c.cbuf, &c.tanh_c, &c.rh, &c.dgates, &c.dh_next, &c.dc_next,
+                            &c.dh_step, &c.drh, &c.dh_norm_sums, &c.dc_norm_sums}) {
+      add(*m);
+    }
+  }
+  return floats * sizeof(float) + (ws.inputs.size() + ws.targets.size()) * sizeof(TokenId);
 }
 
 void carry_state(Workspace& ws, int steps) {

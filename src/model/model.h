@@ -35,16 +35,27 @@ class LanguageModel {
 
   RecurrentWeights layer_weights(int layer);
   RecurrentGrads layer_grads(int layer);
-  MatrixMap embedding() { return params_.value("embedding.weight"); }                // E x V
-  MatrixMap decoder_weight();                                                        // H x V
-  MatrixMap decoder_bias() { return params_.value("decoder.bias"); }                 // V x 1
-  MatrixMap embedding_grad() { return params_.grad("embedding.weight"); }            // E x V
-  MatrixMap decoder_weight_grad();                                                   // H x V
-  MatrixMap decoder_bias_grad() { return params_.grad("decoder.bias"); }             // V x 1
+  MatrixMap embedding() { return params_.value(entry(embedding_)); }                 // E x V
+  MatrixMap decoder_weight() { return params_.value(entry(decoder_weight_)); }       // H x V
+  MatrixMap decoder_bias() { return params_.value(entry(decoder_bias_)); }           // V x 1
+  MatrixMap embedding_grad() { return params_.grad(entry(embedding_)); }             // E x V
+  MatrixMap decoder_weight_grad() { return params_.grad(entry(decoder_weight_)); }   // H x V
+  MatrixMap decoder_bias_grad() { return params_.grad(entry(decoder_bias_)); }       // V x 1
 
  private:
+  // Positions in params_.entries(), looked up once: the step loop must not
+  // build name strings, which would allocate.
+  struct LayerEntries {
+    std::size_t wx, wh, b;
+  };
+  const TensorEntry& entry(std::size_t index) const { return params_.entries()[index]; }
+
   ModelConfig config_;
   ParamStore params_;
+  std::size_t embedding_ = 0;
+  std::size_t decoder_weight_ = 0;  // the embedding's position when tied
+  std::size_t decoder_bias_ = 0;
+  std::vector<LayerEntries> layers_;
 };
 
 // Activations, gradients of activations and the carried recurrent state for
@@ -84,6 +95,9 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
 
 // Adds the gradients of the window's training loss into model.params().grads().
 void model_backward(LanguageModel& model, Workspace& ws, int steps);
+
+// Bytes held by a workspace's buffers (the activations of a window).
+std::size_t workspace_bytes(const Workspace& ws);
 
 // Moves h_T (and c_T) of the last window into the carried state.
 void carry_state(Workspace& ws, int steps);

@@ -3,6 +3,8 @@
 #include <array>
 #include <cmath>
 
+#include "tensor/parallel.h"
+
 namespace lstm {
 
 namespace {
@@ -13,14 +15,13 @@ double global_norm(const Vector& values) {
   std::array<double, kNormChunks> partial{};
   const Eigen::Index n = values.size();
   const Eigen::Index chunk = (n + kNormChunks - 1) / kNormChunks;
-#pragma omp parallel for schedule(static)
-  for (int c = 0; c < kNormChunks; ++c) {
+  parallel_for(kNormChunks, [&](Eigen::Index c) {
     const Eigen::Index begin = std::min<Eigen::Index>(n, c * chunk);
     const Eigen::Index end = std::min<Eigen::Index>(n, begin + chunk);
     double sum = 0.0;
     for (Eigen::Index i = begin; i < end; ++i) sum += static_cast<double>(values[i]) * values[i];
     partial[c] = sum;
-  }
+  });
   double total = 0.0;
   for (double p : partial) total += p;
   return std::sqrt(total);
@@ -57,8 +58,7 @@ void Optimizer::step(Vector& params, const Vector& grads, double lr, float grad_
   const float wd = static_cast<float>(weight_decay_);
   if (kind_ == OptimizerKind::kSgd) {
     const float rate = static_cast<float>(lr);
-#pragma omp parallel for schedule(static)
-    for (Eigen::Index i = 0; i < n; ++i) p[i] -= rate * (grad_scale * g[i] + wd * p[i]);
+    parallel_for(n, [&](Eigen::Index i) { p[i] -= rate * (grad_scale * g[i] + wd * p[i]); });
     return;
   }
   ++t_;
@@ -71,13 +71,12 @@ void Optimizer::step(Vector& params, const Vector& grads, double lr, float grad_
   const float root_c2 = static_cast<float>(std::sqrt(correction2));
   float* m = m_.data();
   float* v = v_.data();
-#pragma omp parallel for schedule(static)
-  for (Eigen::Index i = 0; i < n; ++i) {
+  parallel_for(n, [&](Eigen::Index i) {
     const float grad = grad_scale * g[i] + wd * p[i];
     m[i] = b1 * m[i] + (1.0f - b1) * grad;
     v[i] = b2 * v[i] + (1.0f - b2) * grad * grad;
     p[i] -= rate * m[i] / (std::sqrt(v[i]) / root_c2 + eps);
-  }
+  });
 }
 
 }  // namespace lstm

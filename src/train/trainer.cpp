@@ -312,6 +312,8 @@ int Training::run() {
   double interval_loss = 0.0, interval_seconds = 0.0;
   std::int64_t interval_tokens = 0;
 
+  // A run resumed from its max_steps checkpoint goes straight to the end.
+  if (t.max_steps > 0 && st_.step >= t.max_steps) stopped_early = true;
   while (st_.epoch < t.epochs && !stopped_early) {
     if (st_.position == 0) {
       reset_state(*train_ws_);
@@ -420,10 +422,11 @@ int Training::run() {
 
 void Training::finish(bool stopped_early) {
   if (stopped_early) {
-    save_last();
     log_->clear_bar();
-    spdlog::info("reached train.max_steps = {}; checkpoint written to {}", s_.train.max_steps, last_path_.string());
+    spdlog::info("reached train.max_steps = {}", s_.train.max_steps);
     validate();
+    save_last();
+    spdlog::info("checkpoint written to {}", last_path_.string());
   }
   // Test the best checkpoint as stored, so lstm-eval on it reproduces this number.
   LoadedCheckpoint best = load_checkpoint(best_path_);
