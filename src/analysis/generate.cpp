@@ -81,31 +81,35 @@ TokenId draw_word(const float* logits, int vocab_size, double temperature, int t
   // 1. Candidates: every word, or the top_k largest logits (lower id first on ties).
   std::vector<TokenId> candidates(static_cast<std::size_t>(vocab_size));
   std::iota(candidates.begin(), candidates.end(), 0);
-  std::size_t kept = candidates.size();
+  std::size_t candidate_count = candidates.size();
   if (top_k > 0 && top_k < vocab_size) {
-    kept = static_cast<std::size_t>(top_k);
-    std::partial_sort(candidates.begin(), candidates.begin() + top_k, candidates.end(),
-                      [&](TokenId a, TokenId b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+    candidate_count = static_cast<std::size_t>(top_k);
+    const auto ranks_higher = [&](TokenId a, TokenId b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    };
+    std::partial_sort(candidates.begin(), candidates.begin() + top_k, candidates.end(), ranks_higher);
   }
 
   // 2. Unnormalized softmax of logits / temperature, shifted by the largest logit.
   double max_logit = -std::numeric_limits<double>::infinity();
-  for (std::size_t i = 0; i < kept; ++i) max_logit = std::max(max_logit, static_cast<double>(logits[candidates[i]]));
-  std::vector<double> weights(kept);
+  for (std::size_t i = 0; i < candidate_count; ++i) {
+    max_logit = std::max(max_logit, static_cast<double>(logits[candidates[i]]));
+  }
+  std::vector<double> weights(candidate_count);
   double total = 0.0;
-  for (std::size_t i = 0; i < kept; ++i) {
+  for (std::size_t i = 0; i < candidate_count; ++i) {
     weights[i] = std::exp((static_cast<double>(logits[candidates[i]]) - max_logit) / temperature);
     total += weights[i];
   }
 
-  // 3. Inverse-CDF draw; the last candidate catches a rounding shortfall.
+  // 3. Inverse-CDF draw. The last candidate catches a rounding shortfall.
   const double u = rng.uniform_double() * total;
   double cumulative = 0.0;
-  for (std::size_t i = 0; i < kept; ++i) {
+  for (std::size_t i = 0; i < candidate_count; ++i) {
     cumulative += weights[i];
     if (u < cumulative) return candidates[i];
   }
-  return candidates[kept - 1];
+  return candidates[candidate_count - 1];
 }
 
 std::vector<TokenId> sample_words(LanguageModel& model, const Vocabulary& vocab,
@@ -163,6 +167,7 @@ double ScoreResult::perplexity() const {
 
 ScoreResult score_sentences(LanguageModel& model, const Vocabulary& vocab, const TokenizedText& text,
                             const std::string& unk_token, int window) {
+  if (window < 1) throw ConfigError(fmt::format("invalid scoring window of {} steps: must be >= 1", window));
   const EncodedText encoded = encode(text, vocab, unk_token);
   const std::int64_t count = static_cast<std::int64_t>(encoded.ids.size());
   if (count == 0) throw DataError("no sentences to score in " + text.path.string() + ": the file is empty");
@@ -191,7 +196,7 @@ ScoreResult score_sentences(LanguageModel& model, const Vocabulary& vocab, const
       const std::int64_t j = start + t;
       sentence.log_prob -= static_cast<double>(ws.column_loss[t]);
       sentence.tokens += 1;
-      // A sentence is one line of the file; it ends with that line's last token.
+      // A sentence is one line of the file, so it ends with that line's last token.
       const bool last_of_line = j + 1 == count || text.line_of_token[j + 1] != text.line_of_token[j];
       if (last_of_line) {
         result.log_prob += sentence.log_prob;

@@ -20,7 +20,7 @@ namespace lstm {
 
 struct SampleOptions {
   int words = 100;           // tokens to sample, <eos> included
-  double temperature = 1.0;  // > 0; logits are divided by it before the softmax
+  double temperature = 1.0;  // > 0, divides the logits before the softmax
   int top_k = 0;             // draw only among the k most probable words; 0 = all
   std::uint64_t seed = 1;
 };
@@ -38,7 +38,7 @@ std::vector<TokenId> encode_prompt(const std::string& prompt, const Vocabulary& 
 // the argmax with the lowest id. logits: V values.
 TokenId draw_word(const float* logits, int vocab_size, double temperature, int top_k, Rng& rng);
 
-// Samples options.words tokens after the prompt (ids; empty = start from
+// Samples options.words tokens after the prompt (ids, or empty to start from
 // "<eos>"). The same model, prompt and options give the same tokens.
 std::vector<TokenId> sample_words(LanguageModel& model, const Vocabulary& vocab,
                                   const std::vector<TokenId>& prompt, const SampleOptions& options);

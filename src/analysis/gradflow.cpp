@@ -90,7 +90,7 @@ double backprop_last_step_loss(LanguageModel& model, GradflowWorkspace& ws) {
   ws.d_output.setZero();
   gemm(Trans::kNo, Trans::kNo, 1.0f, model.decoder_weight(), ws.logits, 0.0f, ws.d_output.middleCols(last, B));
 
-  // undo 2, top layer first; dL/d(input) of layer l is dL/d(output) of layer l-1.
+  // undo 2, top layer first. dL/d(input) of layer l is dL/d(output) of layer l-1.
   for (int l = L - 1; l >= 0; --l) {
     RecurrentGrads grads{MatrixMap(ws.grad_wx[l].data(), ws.grad_wx[l].rows(), ws.grad_wx[l].cols()),
                          MatrixMap(ws.grad_wh[l].data(), ws.grad_wh[l].rows(), ws.grad_wh[l].cols()),
@@ -107,7 +107,8 @@ GradflowResult measure_gradient_flow(LanguageModel& model, const std::vector<Tok
                                      const GradflowOptions& options) {
   const int T = options.steps, N = options.batches, B = options.batch_size;
   if (T < 1 || N < 1 || B < 1) {
-    throw ConfigError(fmt::format("invalid --steps {}, --batches {} or --batch-size {}: each must be >= 1", T, N, B));
+    throw ConfigError(
+        fmt::format("invalid --steps {}, --batches {} or --batch-size {}: each must be >= 1", T, N, B));
   }
   const StreamBatcher batcher(&ids, B);
   if (batcher.positions() < static_cast<std::int64_t>(N) * T) {
@@ -216,7 +217,8 @@ std::string format_gradflow_report(const GradflowResult& result) {
 void write_gradflow_csv(const std::filesystem::path& path, const std::string& label,
                         const GradflowResult& result) {
   if (label.empty() || label.find_first_of(",\"\r\n") != std::string::npos) {
-    throw ConfigError("invalid --label \"" + label + "\": it must be non-empty, without commas, quotes or line breaks");
+    throw ConfigError("invalid --label \"" + label +
+                      "\": it must be non-empty, without commas, quotes or line breaks");
   }
   std::string text = "label,cell,layer,kind,distance,norm\n";
   for (const auto& curve : result.curves) {

@@ -2,10 +2,10 @@
 // Gradient flow through time: how much of the loss's gradient at the last
 // step of a window reaches the state k steps earlier.
 //
-// For each window of T steps and B streams (state from zero), the model runs
-// forward without dropout, the loss is the cross-entropy of the B predictions
-// of the LAST step only (mean over the streams), and backpropagation runs
-// through all T steps. recurrent_backward records, for every step t, the mean
+// Each window of T steps and B streams runs forward from a zero state without
+// dropout. The loss is the cross-entropy of the B predictions of the LAST step
+// only (mean over the streams), and backpropagation runs through all T steps.
+// recurrent_backward records, for every step t, the mean
 // over streams of |dL/dh_t| (and |dL/dc_t| for lstm); distance k is step
 // T-1-k. Because no other step has a loss, the norm at distance k measures
 // only what survived k steps of the recurrence (and, below the top layer,
@@ -27,17 +27,17 @@ struct GradflowOptions {
   int batch_size = 20;  // B streams per window
 };
 
-// Buffers for one window; only the last step has logits (V x B).
+// Buffers for one window. Only the last step has logits (V x B).
 struct GradflowWorkspace {
   GradflowWorkspace(const ModelConfig& config, int batch, int steps);
 
   int batch;  // B
   int steps;  // T
   std::vector<TokenId> inputs;   // T*B ids, column order t*B + b
-  std::vector<TokenId> targets;  // T*B ids; only the last step's B are scored
+  std::vector<TokenId> targets;  // T*B ids, of which only the last step's B are scored
   Matrix embedded;               // E x T*B
   std::vector<RecurrentCache> layers;
-  std::vector<Matrix> grad_wx, grad_wh, grad_b;  // per layer; the model's own gradients stay untouched
+  std::vector<Matrix> grad_wx, grad_wh, grad_b;  // per layer, so the model's own gradients stay untouched
   Matrix logits;                 // V x B, then dL/dlogits
   Vector loss;                   // B: cross-entropy of each stream's last prediction (nats)
   Matrix d_output, d_input;      // H x T*B each: dL/d(layer output), dL/d(layer input) above layer 0
@@ -45,7 +45,7 @@ struct GradflowWorkspace {
 
 // Runs the window in ws.inputs from a zero state, puts the loss on the last
 // step's targets and backpropagates through every step and layer. Leaves
-// |dL/dh_t| (and |dL/dc_t|) in ws.layers[l].dh_norm (dc_norm); returns the
+// |dL/dh_t| (and |dL/dc_t|) in ws.layers[l].dh_norm (dc_norm). Returns the
 // loss, the mean over the B streams (nats).
 double backprop_last_step_loss(LanguageModel& model, GradflowWorkspace& ws);
 
@@ -72,7 +72,7 @@ GradflowResult measure_gradient_flow(LanguageModel& model, const std::vector<Tok
 inline constexpr double kGradflowFloor = 1e-30;
 
 struct DecayFit {
-  double rate = 0.0;       // exp of the least-squares slope of log norm over k; NaN if fit_points < 2
+  double rate = 0.0;       // exp of the least-squares slope of log norm over k, or NaN when fit_points < 2
   int fit_points = 0;      // leading distances 0..fit_points-1 whose norm is finite and > kGradflowFloor
   std::optional<int> threshold_distance;  // first k whose norm is < 1e-3 or > 1e3 times norm[0], or not finite
   bool exploding = false;  // the threshold was crossed upward (or the norm became non-finite)

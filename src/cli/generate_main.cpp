@@ -10,6 +10,7 @@
 #include "util/error.h"
 
 int main(int argc, char** argv) {
+  lstm::prefer_passive_openmp_wait(argv);
   CLI::App app{"Sample text from a checkpoint, or score the sentences of a text file with it."};
   lstm::add_version_flag(app);
   std::string checkpoint, prompt, score_file;
@@ -20,8 +21,8 @@ int main(int argc, char** argv) {
       ->required();
   auto* prompt_option = app.add_option(
       "--prompt", prompt,
-      "words to start from, separated by spaces; every word must be in the vocabulary "
-      "(default: empty, start a new sentence after <eos>)");
+      "words to start from, separated by spaces and not repeated in the output; every word must be in "
+      "the vocabulary (default: empty, start a new sentence after <eos>)");
   auto* words_option = app.add_option("--words", options.words,
                                       "tokens to sample, <eos> included; <eos> prints as a line break "
                                       "(default: 100)");

@@ -13,15 +13,12 @@
 #include "io/checkpoint.h"
 #include "tensor/gemm.h"
 #include "tensor/random.h"
+#include "train/trainer.h"
 #include "util/error.h"
 
 namespace {
 
 namespace fs = std::filesystem;
-
-// The trainer seeds its initialization with train.seed XOR this constant
-// (src/train/trainer.cpp), so a fresh model here starts where training starts.
-constexpr std::uint64_t kInitStream = 0x1217a5c3e51b2d09ULL;
 
 constexpr const char* kPlotScript = "plot_gradflow.py";
 constexpr const char* kPythonHint =
@@ -45,11 +42,17 @@ std::vector<fs::path> plot_script_candidates(const char* argv0) {
 // Reads the tokens of a split of the config (train, valid, test) or of a text file.
 std::vector<lstm::TokenId> read_split(const std::string& data, const lstm::Settings& settings,
                                       const lstm::Vocabulary& vocab, fs::path* file) {
-  if (data == "train" || data == "valid" || data == "test") {
-    const lstm::SplitPaths paths = lstm::resolve_split_paths(settings.data);
-    *file = data == "train" ? paths.train : data == "valid" ? paths.valid : paths.test;
-  } else {
+  if (data != "train" && data != "valid" && data != "test") {
     *file = data;
+  } else {
+    const lstm::SplitPaths paths = lstm::resolve_split_paths(settings.data);
+    if (data == "train") {
+      *file = paths.train;
+    } else if (data == "valid") {
+      *file = paths.valid;
+    } else {
+      *file = paths.test;
+    }
   }
   return lstm::encode(lstm::read_tokens(*file), vocab, settings.data.unk_token).ids;
 }
@@ -57,6 +60,7 @@ std::vector<lstm::TokenId> read_split(const std::string& data, const lstm::Setti
 }  // namespace
 
 int main(int argc, char** argv) {
+  lstm::prefer_passive_openmp_wait(argv);
   CLI::App app{
       "Measure gradient flow through time: put the loss on the last of T steps only, backpropagate, and "
       "report the mean norm of dL/dh (and dL/dc for lstm) at each distance k back from that step."};
@@ -82,7 +86,8 @@ int main(int argc, char** argv) {
   app.add_option("--batches", options.batches, "windows averaged (default: 10)")->check(CLI::PositiveNumber);
   app.add_option("--batch-size", options.batch_size, "streams B per window (default: 20)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--csv", csv_path, "write label,cell,layer,kind,distance,norm rows for every distance to this file");
+  app.add_option("--csv", csv_path,
+                 "write label,cell,layer,kind,distance,norm rows for every distance to this file");
   app.add_option("--plot", plot_path,
                  "draw the curves into this PNG with scripts/plot_gradflow.py (python3 with matplotlib; "
                  "the LSTM_PYTHON environment variable picks the interpreter, default python3); the CSV "
@@ -114,7 +119,7 @@ int main(int argc, char** argv) {
       vocab = lstm::load_corpus(settings.data).vocab;
       settings.model.vocab_size = vocab.size();
       model = std::make_unique<lstm::LanguageModel>(settings.model);
-      lstm::Rng rng(settings.train.seed ^ kInitStream);
+      lstm::Rng rng = lstm::initialization_rng(settings.train.seed);
       model->initialize(rng);
       source = "fresh model from " + config_path + " (train.seed " + std::to_string(settings.train.seed) + ")";
     }
@@ -152,7 +157,7 @@ int main(int argc, char** argv) {
       searched += (searched.empty() ? "" : ", ") + candidate.string();
     }
     if (script.empty()) {
-      std::fprintf(stderr, "error: plot script %s not found (looked in %s); the CSV is in %s\n", kPlotScript,
+      std::fprintf(stderr, "error: plot script %s not found (looked in %s). The CSV is in %s\n", kPlotScript,
                    searched.c_str(), csv.string().c_str());
       return 1;
     }
@@ -160,13 +165,13 @@ int main(int argc, char** argv) {
     const std::string python = python_env != nullptr && *python_env != '\0' ? python_env : "python3";
     const int status = lstm::run_plot_script(python, script, {csv}, plot_path);
     if (status == -1) {
-      std::fprintf(stderr, "error: cannot run %s: %s; the CSV is in %s\n", python.c_str(), kPythonHint,
+      std::fprintf(stderr, "error: cannot run %s: %s. The CSV is in %s\n", python.c_str(), kPythonHint,
                    csv.string().c_str());
       return 1;
     }
     if (status != 0) {
       // The script has already printed why, with the install hint when matplotlib is missing.
-      std::fprintf(stderr, "error: %s %s failed with exit code %d; the CSV is in %s\n", python.c_str(),
+      std::fprintf(stderr, "error: %s %s failed with exit code %d. The CSV is in %s\n", python.c_str(),
                    script.string().c_str(), status, csv.string().c_str());
       return 1;
     }

@@ -24,6 +24,7 @@ json state_to_json(const TrainingState& s) {
             {"clipped_steps", s.clipped_steps},
             {"epoch_steps", s.epoch_steps}};
   j["best_valid"] = s.best_valid ? json(*s.best_valid) : json(nullptr);
+  j["best_valid_loss"] = s.best_valid_loss ? json(*s.best_valid_loss) : json(nullptr);
   return j;
 }
 
@@ -41,6 +42,7 @@ TrainingState state_from_json(const json& j) {
   s.clipped_steps = j.at("clipped_steps").get<std::int64_t>();
   s.epoch_steps = j.at("epoch_steps").get<std::int64_t>();
   if (!j.at("best_valid").is_null()) s.best_valid = j.at("best_valid").get<double>();
+  if (!j.at("best_valid_loss").is_null()) s.best_valid_loss = j.at("best_valid_loss").get<double>();
   return s;
 }
 

@@ -29,7 +29,8 @@ struct TrainingState {
   std::int64_t step = 0;         // updates done so far
   double lr = 0.0;               // lr in force
   double lr_scale = 1.0;         // product of the halvings after non-finite rollbacks
-  std::optional<double> best_valid;  // lowest validation perplexity so far
+  std::optional<double> best_valid;       // lowest validation perplexity so far
+  std::optional<double> best_valid_loss;  // its loss (nats per token), which decides
   int rollbacks = 0;             // rollbacks since the last good epoch end
   Rng::State dropout_rng{};
   double elapsed_s = 0.0;        // training wall time before this process

@@ -138,7 +138,7 @@ Training::Training(const TrainOptions& options) : options_(options), s_(options.
     st_ = *resumed_->state;
     dropout_rng_.set_state(st_.dropout_rng);
   } else {
-    Rng init_rng(s_.train.seed ^ kInitStream);
+    Rng init_rng = initialization_rng(s_.train.seed);
     model_->initialize(init_rng);
     dropout_rng_.reseed(s_.train.seed ^ kDropoutStream);
     st_.lr = epoch_lr(s_.train, 0, 1.0);
@@ -240,9 +240,11 @@ EvalResult Training::validate() {
   EvalResult valid = evaluate(*model_, *eval_ws_, corpus_.valid.ids);
   const double ppl = valid.perplexity();
   last_valid_ = ppl;
-  const bool improved = std::isfinite(ppl) && (!st_.best_valid || ppl < *st_.best_valid);
+  // Compared by loss: a finite loss above ~709 nats has an infinite perplexity.
+  const bool improved = std::isfinite(valid.loss()) && (!st_.best_valid_loss || valid.loss() < *st_.best_valid_loss);
   if (improved) {
     st_.best_valid = ppl;
+    st_.best_valid_loss = valid.loss();
     save_best();
   }
   const double clipped_fraction =
@@ -428,6 +430,10 @@ void Training::finish(bool stopped_early) {
     save_last();
     spdlog::info("checkpoint written to {}", last_path_.string());
   }
+  if (!st_.best_valid_loss) {
+    throw TrainingError("no epoch reached a finite validation loss, so there is no best checkpoint to test: "
+                        "lower train.lr or set train.clip_norm");
+  }
   // Test the best checkpoint as stored, so lstm-eval on it reproduces this number.
   LoadedCheckpoint best = load_checkpoint(best_path_);
   Workspace test_ws(best.settings.model, s_.eval.batch_size, s_.eval.bptt);
@@ -466,6 +472,8 @@ void Training::finish(bool stopped_early) {
 }
 
 }  // namespace
+
+Rng initialization_rng(std::uint64_t seed) { return Rng(seed ^ kInitStream); }
 
 void request_stop(int signal_number) { g_stop_signal.store(signal_number); }
 

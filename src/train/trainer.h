@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "config/settings.h"
+#include "tensor/random.h"
 #include "train/run_log.h"
 
 namespace lstm {
@@ -22,6 +23,10 @@ inline constexpr int kExitTerminated = 143;   // SIGTERM
 // checkpoint. Returns the process exit code: 0, or 130/143 after SIGINT/SIGTERM
 // (a checkpoint was written first). Throws on errors.
 int run_training(const TrainOptions& options);
+
+// The generator that initializes a fresh model of train.seed, shared by
+// lstm-train and the tools that start from a config.
+Rng initialization_rng(std::uint64_t seed);
 
 // Called from a signal handler: asks the loop to stop after the current step.
 void request_stop(int signal_number);
