@@ -48,8 +48,8 @@ build_dir=${BUILD_DIR:-build}
 base_config=configs/ptb_lstm_small.json
 cells=(rnn rnn_relu gru lstm)
 
-train_bin="$build_dir/src/lstm-train"
-gradflow_bin="$build_dir/src/lstm-gradflow"
+train_bin="$build_dir/bin/lstm-train"
+gradflow_bin="$build_dir/bin/lstm-gradflow"
 for binary in "$train_bin" "$gradflow_bin"; do
   if [[ ! -x "$binary" ]]; then
     echo "error: $binary not found: build first (cmake -S . -B $build_dir -G Ninja && ninja -C $build_dir)" >&2

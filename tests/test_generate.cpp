@@ -322,7 +322,7 @@ struct CommandResult {
 };
 
 CommandResult run_generate(const std::string& arguments, const fs::path& dir) {
-  const fs::path binary = fs::path(LSTM_BINARY_DIR) / "src" / "lstm-generate";
+  const fs::path binary = fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-generate";
   const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
   const std::string command = "'" + binary.string() + "' --threads 1 " + arguments + " > '" + out.string() +
                               "' 2> '" + err.string() + "'";
@@ -331,7 +331,7 @@ CommandResult run_generate(const std::string& arguments, const fs::path& dir) {
 }
 
 TEST_F(GenerateTest, CliSameSeedSameText) {
-  ASSERT_TRUE(fs::exists(fs::path(LSTM_BINARY_DIR) / "src" / "lstm-generate")) << "build lstm-generate first";
+  ASSERT_TRUE(fs::exists(fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-generate")) << "build lstm-generate first";
   const std::string arguments =
       "--checkpoint '" + (*dir_ / "run").string() + "' --words 40 --seed 5 --prompt 'the'";
   const CommandResult first = run_generate(arguments, *dir_);

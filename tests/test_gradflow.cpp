@@ -348,7 +348,7 @@ std::vector<std::string> split(const std::string& text, char separator) {
 class GradflowCli : public testing::Test {
  protected:
   void SetUp() override {
-    binary_ = fs::path(LSTM_BINARY_DIR) / "src" / "lstm-gradflow";
+    binary_ = fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-gradflow";
     ASSERT_TRUE(fs::exists(binary_)) << binary_ << " is missing: build the lstm-gradflow target first";
     dir_ = fs::path(testing::TempDir()) / ("gradflow_cli_" + std::to_string(::getpid()));
     fs::create_directories(dir_);

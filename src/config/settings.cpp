@@ -135,6 +135,12 @@ std::string closest_key(const std::string& key) {
   return best;
 }
 
+// A value as JSON text for messages; invalid UTF-8 in strings is replaced
+// rather than thrown on.
+std::string show(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 const char* kind_name(Kind kind) {
   switch (kind) {
     case Kind::kInt:
@@ -183,14 +189,14 @@ void flatten(const json& node, const std::string& prefix, std::vector<std::pair<
 void check_value(const KeySpec& spec, const json& value, const std::string& source) {
   if (!kind_matches(spec.kind, value)) {
     throw ConfigError(source + ": " + spec.key + " must be " + kind_name(spec.kind) + ", got " +
-                      value.dump());
+                      show(value));
   }
   if (!spec.choices.empty()) {
     const auto& text = value.get_ref<const std::string&>();
     if (std::find(spec.choices.begin(), spec.choices.end(), text) == spec.choices.end()) {
       std::string options;
       for (const auto& c : spec.choices) options += (options.empty() ? "\"" : ", \"") + c + "\"";
-      throw ConfigError(source + ": " + spec.key + " has invalid value " + value.dump() +
+      throw ConfigError(source + ": " + spec.key + " has invalid value " + show(value) +
                         ": expected one of " + options);
     }
   }
@@ -202,7 +208,7 @@ void check_value(const KeySpec& spec, const json& value, const std::string& sour
       std::ostringstream range;
       range << (spec.min_exclusive ? "(" : "[") << (spec.min ? *spec.min : -INFINITY) << ", "
             << (spec.max ? *spec.max : INFINITY) << (spec.max_exclusive ? ")" : "]");
-      throw ConfigError(source + ": " + spec.key + " = " + value.dump() + " is out of range " +
+      throw ConfigError(source + ": " + spec.key + " = " + show(value) + " is out of range " +
                         range.str());
     }
   }
@@ -211,7 +217,8 @@ void check_value(const KeySpec& spec, const json& value, const std::string& sour
 json parse_override_value(const std::string& text) {
   try {
     return json::parse(text);
-  } catch (const json::parse_error&) {
+  } catch (const json::exception&) {
+    // Not JSON (or a number out of range): a plain string, which the type check reports.
     return json(text);
   }
 }
@@ -355,6 +362,9 @@ Settings load_settings(const std::filesystem::path& path, const std::vector<std:
     const auto [line, column] = line_and_column(text, offset);
     throw ConfigError("malformed JSON in " + path.string() + " at line " + std::to_string(line) +
                       ", column " + std::to_string(column) + ": fix the syntax there");
+  } catch (const json::exception& e) {
+    // For example a number too large for a double (1e400).
+    throw ConfigError("invalid JSON in " + path.string() + ": " + e.what());
   }
   return settings_from_json(document, overrides, path.string());
 }

@@ -132,14 +132,17 @@ Vocabulary build_vocabulary(const TokenizedText& train, const DataSettings& sett
   for (const auto& w : order) {
     if (required(w) || stats[w].count >= settings.min_count) kept.push_back(w);
   }
-  if (settings.max_vocab_size > 0 && static_cast<int>(kept.size()) > settings.max_vocab_size) {
+  // An unk_token absent from the train text takes one of the max_vocab_size slots.
+  const bool add_unk = !settings.unk_token.empty() && stats.find(settings.unk_token) == stats.end();
+  const int word_slots = settings.max_vocab_size - (add_unk ? 1 : 0);
+  if (settings.max_vocab_size > 0 && static_cast<int>(kept.size()) > word_slots) {
     // Most frequent first; ties go to the word seen first, so the choice is deterministic.
     std::stable_sort(kept.begin(), kept.end(), [&](const std::string& a, const std::string& b) {
       const bool ra = required(a), rb = required(b);
       if (ra != rb) return ra;
       return stats[a].count > stats[b].count;
     });
-    kept.resize(static_cast<std::size_t>(settings.max_vocab_size));
+    kept.resize(static_cast<std::size_t>(std::max(word_slots, 1)));
     std::sort(kept.begin(), kept.end(), [&](const std::string& a, const std::string& b) {
       return stats[a].first < stats[b].first;
     });
@@ -149,9 +152,7 @@ Vocabulary build_vocabulary(const TokenizedText& train, const DataSettings& sett
                       std::to_string(order.size() - kept.size()) +
                       " train words out of the vocabulary: set data.unk_token (e.g. \"<unk>\") to map them");
   }
-  if (!settings.unk_token.empty() && stats.find(settings.unk_token) == stats.end()) {
-    kept.push_back(settings.unk_token);
-  }
+  if (add_unk) kept.push_back(settings.unk_token);
   return Vocabulary(std::move(kept));
 }
 

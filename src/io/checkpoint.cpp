@@ -129,6 +129,13 @@ LoadedCheckpoint load_checkpoint(const std::filesystem::path& path) {
   ckpt.settings.model.vocab_size = ckpt.vocab.size();
   if (ckpt.vocab.size() == 0) throw invalid("the vocabulary is empty");
 
+  // Compare sizes before allocating, so a config claiming a huge model is
+  // rejected instead of exhausting memory.
+  const std::uint64_t needed = LanguageModel::parameter_count(ckpt.settings.model) * sizeof(float);
+  if (needed > ckpt.file.data.size()) {
+    throw invalid("its config needs " + std::to_string(needed) + " bytes of parameters but the file holds " +
+                  std::to_string(ckpt.file.data.size()) + " bytes of tensors");
+  }
   ckpt.model = std::make_unique<LanguageModel>(ckpt.settings.model);
   ParamStore& params = ckpt.model->params();
   for (const auto& e : params.entries()) {
@@ -161,7 +168,12 @@ void restore_training_buffers(const LoadedCheckpoint& ckpt, Optimizer& optimizer
     if (it == ckpt.file.metadata.end()) {
       throw CheckpointError("invalid checkpoint " + ckpt.path.string() + ": adam_updates is missing");
     }
-    optimizer.update_count() = std::stoll(it->second);
+    try {
+      optimizer.update_count() = std::stoll(it->second);
+    } catch (const std::exception&) {
+      throw CheckpointError("invalid checkpoint " + ckpt.path.string() + ": adam_updates \"" + it->second +
+                            "\" is not an integer");
+    }
   }
   for (std::size_t l = 0; l < train_ws.layers.size(); ++l) {
     RecurrentCache& cache = train_ws.layers[l];

@@ -116,6 +116,8 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path) {
     header = json::parse(header_text);
   } catch (const json::parse_error& e) {
     invalid(path, "header is not valid JSON (byte " + std::to_string(e.byte) + ")");
+  } catch (const json::exception& e) {
+    invalid(path, std::string("header is not valid JSON: ") + e.what());
   }
   if (!header.is_object()) invalid(path, "header is not a JSON object");
 
@@ -146,8 +148,10 @@ SafetensorsFile read_safetensors(const std::filesystem::path& path) {
         invalid(path, "tensor \"" + name + "\" has invalid shape " + info["shape"].dump());
       }
       t.shape.push_back(d.get<std::int64_t>());
-      count *= d.get<std::uint64_t>();
-      if (count > (1ULL << 40)) invalid(path, "tensor \"" + name + "\" is too large");
+      const std::uint64_t dim = d.get<std::uint64_t>();
+      // Checked before multiplying, so the product cannot wrap around.
+      if (dim != 0 && count > (1ULL << 40) / dim) invalid(path, "tensor \"" + name + "\" is too large");
+      count *= dim;
     }
     const json& offsets = info["data_offsets"];
     if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||

@@ -81,6 +81,18 @@ LanguageModel::LanguageModel(const ModelConfig& config) : config_(config) {
   }
 }
 
+std::uint64_t LanguageModel::parameter_count(const ModelConfig& c) {
+  const std::uint64_t V = static_cast<std::uint64_t>(c.vocab_size), E = static_cast<std::uint64_t>(c.embedding_size);
+  const std::uint64_t H = static_cast<std::uint64_t>(c.hidden_size);
+  const std::uint64_t G = static_cast<std::uint64_t>(gate_rows(c.cell, c.hidden_size));
+  std::uint64_t count = V * E + V;
+  for (int l = 0; l < c.num_layers; ++l) {
+    count += G * static_cast<std::uint64_t>(layer_input_size(c, l)) + G * H + G;
+  }
+  if (!c.tie_weights) count += H * V;
+  return count;
+}
+
 void LanguageModel::initialize(Rng& rng) {
   params_.values().setZero();
   const bool book = config_.init == InitScheme::kBook;

@@ -26,6 +26,9 @@ class LanguageModel {
   // Lays out the parameters, all zero; call initialize() or load values.
   explicit LanguageModel(const ModelConfig& config);
 
+  // Floats in all parameters of a model of this config, without building it.
+  static std::uint64_t parameter_count(const ModelConfig& config);
+
   const ModelConfig& config() const { return config_; }
   ParamStore& params() { return params_; }
   const ParamStore& params() const { return params_; }

@@ -444,7 +444,7 @@ void Training::finish(bool stopped_early) {
   spdlog::info("{:=^78}", "");
   const double elapsed = st_.elapsed_s + seconds_since(process_start_);
   log_->metrics({{"step", st_.step},
-                 {"epoch", st_.epoch},
+                 {"epoch", stopped_early ? st_.epoch + 1 : st_.epoch},
                  {"split", "test"},
                  {"perplexity", test.perplexity()},
                  {"loss", test.loss()},
