@@ -22,7 +22,7 @@ namespace lstm {
 inline constexpr const char* kCheckpointFormat = "lstm-lm";
 inline constexpr int kCheckpointVersion = 1;
 
-// Where the training loop stands; enough to continue bit for bit.
+// The training loop's position, counters and generator: enough to continue bit for bit.
 struct TrainingState {
   int epoch = 0;                 // 0-based epoch in progress
   std::int64_t position = 0;     // stream position of the next window in that epoch

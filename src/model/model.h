@@ -85,7 +85,7 @@ struct Workspace {
 // The loss whose gradient training follows. kMean is the mean over the T*B
 // predictions of a window (PyTorch's example, the book). kSumOverTime sums over
 // the T steps and averages over the B streams, as Zaremba et al.'s TensorFlow
-// code does; its gradient is T times larger, which their lr 1 assumes.
+// code does. Its gradient is T times larger, and their lr of 1 assumes it.
 enum class LossReduction { kMean, kSumOverTime };
 
 // Runs the model over a window of `steps` steps whose ids are already in

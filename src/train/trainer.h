@@ -28,7 +28,7 @@ int run_training(const TrainOptions& options);
 // lstm-train and the tools that start from a config.
 Rng initialization_rng(std::uint64_t seed);
 
-// Called from a signal handler: asks the loop to stop after the current step.
+// Requests a stop after the current step. Safe to call from a signal handler.
 void request_stop(int signal_number);
 
 }  // namespace lstm
