@@ -28,21 +28,46 @@ json state_to_json(const TrainingState& s) {
   return j;
 }
 
+// Reads an integer field; nlohmann's get<> on a float would be undefined behavior.
+template <typename Int>
+Int integer_field(const json& j, const char* key) {
+  const json& value = j.at(key);
+  if (!value.is_number_integer()) {
+    throw json::type_error::create(302, std::string(key) + " is not an integer", &value);
+  }
+  return value.get<Int>();
+}
+
+double number_field(const json& j, const char* key) {
+  const json& value = j.at(key);
+  if (!value.is_number()) throw json::type_error::create(302, std::string(key) + " is not a number", &value);
+  return value.get<double>();
+}
+
 TrainingState state_from_json(const json& j) {
   TrainingState s;
-  s.epoch = j.at("epoch").get<int>();
-  s.position = j.at("position").get<std::int64_t>();
-  s.step = j.at("step").get<std::int64_t>();
-  s.lr = j.at("lr").get<double>();
-  s.lr_scale = j.at("lr_scale").get<double>();
-  s.rollbacks = j.at("rollbacks").get<int>();
-  s.dropout_rng = j.at("dropout_rng").get<Rng::State>();
-  s.elapsed_s = j.at("elapsed_s").get<double>();
-  s.tokens_trained = j.at("tokens_trained").get<std::int64_t>();
-  s.clipped_steps = j.at("clipped_steps").get<std::int64_t>();
-  s.epoch_steps = j.at("epoch_steps").get<std::int64_t>();
-  if (!j.at("best_valid").is_null()) s.best_valid = j.at("best_valid").get<double>();
-  if (!j.at("best_valid_loss").is_null()) s.best_valid_loss = j.at("best_valid_loss").get<double>();
+  s.epoch = integer_field<int>(j, "epoch");
+  s.position = integer_field<std::int64_t>(j, "position");
+  s.step = integer_field<std::int64_t>(j, "step");
+  s.lr = number_field(j, "lr");
+  s.lr_scale = number_field(j, "lr_scale");
+  s.rollbacks = integer_field<int>(j, "rollbacks");
+  const json& rng = j.at("dropout_rng");
+  if (!rng.is_array() || rng.size() != s.dropout_rng.size()) {
+    throw json::type_error::create(302, "dropout_rng is not an array of 4 integers", &rng);
+  }
+  for (std::size_t i = 0; i < s.dropout_rng.size(); ++i) {
+    if (!rng[i].is_number_unsigned()) {
+      throw json::type_error::create(302, "dropout_rng holds a value that is not an unsigned integer", &rng);
+    }
+    s.dropout_rng[i] = rng[i].get<std::uint64_t>();
+  }
+  s.elapsed_s = number_field(j, "elapsed_s");
+  s.tokens_trained = integer_field<std::int64_t>(j, "tokens_trained");
+  s.clipped_steps = integer_field<std::int64_t>(j, "clipped_steps");
+  s.epoch_steps = integer_field<std::int64_t>(j, "epoch_steps");
+  if (!j.at("best_valid").is_null()) s.best_valid = number_field(j, "best_valid");
+  if (!j.at("best_valid_loss").is_null()) s.best_valid_loss = number_field(j, "best_valid_loss");
   return s;
 }
 
