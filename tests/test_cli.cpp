@@ -572,3 +572,23 @@ TEST_F(CliTinyRun, StdoutHasNoTerminalCodes) {
 }
 
 }  // namespace
+
+// Non-finite steps: a ReLU RNN at lr 1e5 without clipping overflows within a
+// few steps. The run skips those updates, restores its last checkpoint at half
+// the lr after train.max_bad_steps of them, and stops with an error naming
+// the step when that fails again.
+TEST(CliDivergence, RollsBackThenStopsNamingStep) {
+  TempDir work;
+  TempDir capture;
+  const Outcome outcome =
+      run_program(kTrain,
+                  {"--config", (kSourceDir / "configs" / "tiny.json").string(), "--run-dir",
+                   (work.path() / "run").string(), "--set", "model.cell=rnn_relu", "--set", "train.lr=100000",
+                   "--set", "train.clip_norm=0", "--set", "train.max_bad_steps=3", "--set", "train.threads=1"},
+                  kSourceDir, capture.path());
+  EXPECT_EQ(outcome.exit_code, 1) << outcome.err;
+  EXPECT_TRUE(contains(outcome.out, "update skipped")) << outcome.out;
+  EXPECT_TRUE(contains(outcome.out, "halved the lr")) << outcome.out;
+  EXPECT_TRUE(contains(outcome.err, "error: training diverged")) << outcome.err;
+  EXPECT_TRUE(contains(outcome.err, "up to step ")) << outcome.err;
+}
