@@ -58,7 +58,7 @@ TrainingState state_from_json(const json& j) {
   }
   for (std::size_t i = 0; i < s.dropout_rng.size(); ++i) {
     if (!rng[i].is_number_unsigned()) {
-      throw json::type_error::create(302, "dropout_rng holds a value that is not an unsigned integer", &rng);
+      throw json::type_error::create(302, "dropout_rng contains a value that is not an unsigned integer", &rng);
     }
     s.dropout_rng[i] = rng[i].get<std::uint64_t>();
   }
@@ -158,7 +158,7 @@ LoadedCheckpoint load_checkpoint(const std::filesystem::path& path) {
   // rejected instead of exhausting memory.
   const std::uint64_t needed = LanguageModel::parameter_count(ckpt.settings.model) * sizeof(float);
   if (needed > ckpt.file.data.size()) {
-    throw invalid("its config needs " + std::to_string(needed) + " bytes of parameters but the file holds " +
+    throw invalid("its config needs " + std::to_string(needed) + " bytes of parameters but the file contains " +
                   std::to_string(ckpt.file.data.size()) + " bytes of tensors");
   }
   ckpt.model = std::make_unique<LanguageModel>(ckpt.settings.model);
