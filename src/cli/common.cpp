@@ -17,7 +17,12 @@ namespace lstm {
 void prefer_passive_openmp_wait(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
   if (::setenv("OMP_WAIT_POLICY", "PASSIVE", /*overwrite=*/0) != 0) return;
-  ::execv("/proc/self/exe", argv);
+  // The resolved path, not /proc/self/exe, so the process keeps its name (ps, pgrep).
+  char path[4096];
+  const ssize_t length = ::readlink("/proc/self/exe", path, sizeof path - 1);
+  if (length <= 0) return;
+  path[length] = '\0';
+  ::execv(path, argv);
   // execv returns only on failure; the run goes on with the default policy.
 }
 

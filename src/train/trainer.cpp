@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -276,7 +277,8 @@ int Training::interrupted(int signal_number) {
   log_->clear_bar();
   spdlog::warn("stopped by signal {} at step {}; checkpoint written to {}", signal_number, st_.step,
                last_path_.string());
-  spdlog::warn("resume with: lstm-train --resume {}", run_dir_.string());
+  // program_invocation_name is argv[0], so the hint works whether or not the tool is installed.
+  spdlog::warn("resume with: {} --resume {}", program_invocation_name, run_dir_.string());
   return signal_number == SIGINT ? kExitInterrupted : kExitTerminated;
 }
 
