@@ -8,9 +8,9 @@
 namespace lstm {
 
 // Restarts the process with OMP_WAIT_POLICY=PASSIVE unless the variable is
-// set. libgomp reads it only at start-up; with the default policy, threads
-// waiting at a barrier spin, and on a machine whose cores are busy with other
-// work a training step then runs many times slower. Call first in main().
+// set, because libgomp reads it only at start-up. With the default policy,
+// threads waiting at a barrier spin. On a machine whose cores are busy with
+// other work, a training step then runs many times slower. Call first in main().
 void prefer_passive_openmp_wait(char** argv);
 
 // Adds --version, printing the version and the git commit of the build.

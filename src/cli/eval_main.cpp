@@ -38,7 +38,13 @@ int main(int argc, char** argv) {
     std::filesystem::path file;
     if (data == "train" || data == "valid" || data == "test") {
       const lstm::SplitPaths paths = lstm::resolve_split_paths(s.data);
-      file = data == "train" ? paths.train : data == "valid" ? paths.valid : paths.test;
+      if (data == "train") {
+        file = paths.train;
+      } else if (data == "valid") {
+        file = paths.valid;
+      } else {
+        file = paths.test;
+      }
     } else {
       file = data;
     }

@@ -14,8 +14,8 @@
 //             n = tanh(Wx_n x + Wh_n (r*h) + b_n)
 //             h_t = z*h + (1 - z)*n    (z weights the previous state)
 //
-// Only h_t is passed to the next layer; c_t is the LSTM's memory cell, reached
-// only by + and element-wise *, which is why its gradient survives long windows.
+// Only h_t is passed to the next layer. c_t is the LSTM's memory cell. It is
+// reached only by + and element-wise *, so its gradient survives long windows.
 
 #include "model/model_config.h"
 #include "tensor/types.h"
@@ -80,7 +80,7 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
 
 // Adds the window's parameter gradients into g and writes dL/dinput into
 // d_input (I x steps*B) unless it is null. d_output (H x steps*B) is dL/dh_t
-// from above; no gradient flows into the carried-in state beyond this window,
+// from above. No gradient flows into the carried-in state beyond this window,
 // but its value is left in cache.dh_next (and dc_next) for diagnostics.
 void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, RecurrentGrads& g,
                         const ConstMatRef& input, const ConstMatRef& d_output, MatRef* d_input,

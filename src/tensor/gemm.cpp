@@ -22,7 +22,8 @@ void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const
   const Eigen::Index m = ta ? a.cols() : a.rows();
   const Eigen::Index k = ta ? a.rows() : a.cols();
   const Eigen::Index n = tb ? b.rows() : b.cols();
-  assert(c.rows() == m && c.cols() == n);
+  assert(c.rows() == m);
+  assert(c.cols() == n);
   assert((tb ? b.cols() : b.rows()) == k);
   if (m == 0 || n == 0) return;
 #ifdef LSTM_USE_OPENBLAS

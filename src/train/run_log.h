@@ -1,7 +1,7 @@
 #pragma once
-// What a training run tells its user: spdlog lines on the console and in
-// <run_dir>/train.log, one JSON object per line in <run_dir>/metrics.jsonl,
-// and, on a terminal, a progress bar in place of the per-interval lines.
+// The output of a training run: spdlog lines on the console and in
+// <run_dir>/train.log, and one JSON object per line in <run_dir>/metrics.jsonl.
+// On a terminal, a progress bar replaces the per-interval console lines.
 
 #include <chrono>
 #include <cstdint>
