@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <iostream>
 
-#include "lstm/version.h"
+#include "util/version.h"
 #include "util/error.h"
 
 namespace lstm {

@@ -11,7 +11,7 @@
 #include "data/corpus.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
-#include "lstm/version.h"
+#include "util/version.h"
 #include "model/model.h"
 #include "tensor/gemm.h"
 #include "train/evaluate.h"
