@@ -165,6 +165,17 @@ TEST(ConfigKeys, MisspelledKeySuggestsExactKey) {
   EXPECT_NE(message.find("did you mean \"model.hidden_size\""), std::string::npos) << message;
 }
 
+TEST(ConfigKeys, KeyWithoutSectionSuggestsFullKey) {
+  const std::string message = error_for_override("lr=10");
+  EXPECT_NE(message.find("did you mean \"train.lr\""), std::string::npos) << message;
+}
+
+TEST(ConfigKeys, KeyInWrongSectionSuggestsSections) {
+  const std::string message = error_for_document(json::parse(R"({"model": {"bptt": 35}})"));
+  EXPECT_NE(message.find("\"train.bptt\""), std::string::npos) << message;
+  EXPECT_NE(message.find("\"eval.bptt\""), std::string::npos) << message;
+}
+
 TEST(ConfigKeys, UnknownOverrideKeyRejected) {
   const std::string message = error_for_override("model.hiden_size=10");
   EXPECT_NE(message.find("\"model.hiden_size\""), std::string::npos) << message;

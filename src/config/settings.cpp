@@ -122,17 +122,30 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
-std::string closest_key(const std::string& key) {
-  std::string best;
-  std::size_t best_distance = std::numeric_limits<std::size_t>::max();
+std::string last_segment(const std::string& key) {
+  const std::size_t dot = key.rfind('.');
+  return dot == std::string::npos ? key : key.substr(dot + 1);
+}
+
+// Returns the quoted suggestion for an unknown key. Every schema key with the
+// same last segment is offered ("lr" gives "train.lr"), else the closest key.
+std::string suggest_key(const std::string& key) {
+  const std::string leaf = last_segment(key);
+  std::string same_leaf;
+  std::string closest;
+  std::size_t closest_distance = std::numeric_limits<std::size_t>::max();
   for (const auto& spec : schema()) {
-    const std::size_t d = edit_distance(key, spec.key);
-    if (d < best_distance) {
-      best_distance = d;
-      best = spec.key;
+    if (last_segment(spec.key) == leaf) {
+      same_leaf += same_leaf.empty() ? "\"" : " or \"";
+      same_leaf += std::string(spec.key) + "\"";
+    }
+    const std::size_t distance = edit_distance(key, spec.key);
+    if (distance < closest_distance) {
+      closest_distance = distance;
+      closest = spec.key;
     }
   }
-  return best;
+  return same_leaf.empty() ? "\"" + closest + "\"" : same_leaf;
 }
 
 // A value as JSON text for messages; invalid UTF-8 in strings is replaced
@@ -277,8 +290,7 @@ Settings settings_from_json(const json& document, const std::vector<std::string>
     const std::string origin = i < first_override ? source : "--set";
     const KeySpec* spec = find_spec(key);
     if (spec == nullptr) {
-      throw ConfigError(origin + ": unknown key \"" + key + "\"; did you mean \"" +
-                        closest_key(key) + "\"?");
+      throw ConfigError(origin + ": unknown key \"" + key + "\"; did you mean " + suggest_key(key) + "?");
     }
     check_value(*spec, value, origin);
     values[key] = value;
