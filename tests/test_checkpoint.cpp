@@ -28,6 +28,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "tensor/random.h"
+#include "test_files.h"
 #include "train/evaluate.h"
 #include "train/optimizer.h"
 #include "util/error.h"
@@ -45,36 +46,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "lstm-test-checkpoint-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using namespace lstm::test;
 
 // A model with its vocabulary and resolved config, small enough that a
 // checkpoint is a few kB.
@@ -212,7 +184,7 @@ class CheckpointFile : public ::testing::Test {
 
   fs::path damaged(const std::string& name) const { return dir_.path() / name; }
 
-  TempDir dir_;
+  TempDir dir_{"checkpoint"};
   TinyModel tiny_;
   fs::path good_;
   std::string bytes_;
@@ -620,7 +592,7 @@ TEST_F(CheckpointFile, OversizedConfigRejected) {
 }
 
 TEST(CheckpointTraining, StateAndBuffersRoundTrip) {
-  TempDir dir;
+  TempDir dir("checkpoint");
   TinyModel tiny;
   lstm::TrainSettings train;
   train.optimizer = lstm::OptimizerKind::kAdam;
@@ -675,7 +647,7 @@ TEST(CheckpointTraining, StateAndBuffersRoundTrip) {
 }
 
 TEST(CheckpointTraining, MalformedAdamCountRejected) {
-  TempDir dir;
+  TempDir dir("checkpoint");
   TinyModel tiny;
   lstm::TrainSettings train;
   train.optimizer = lstm::OptimizerKind::kAdam;
@@ -705,7 +677,7 @@ TEST(CheckpointTraining, MalformedAdamCountRejected) {
 class CheckpointCells : public ::testing::TestWithParam<json> {};
 
 TEST_P(CheckpointCells, RoundTripBitExact) {
-  TempDir dir;
+  TempDir dir("checkpoint");
   TinyModel tiny(GetParam());
   const fs::path path = dir.path() / "model.safetensors";
   tiny.save(path);
@@ -744,7 +716,7 @@ std::vector<std::string> folder_listing(const fs::path& folder) {
 }
 
 TEST(CheckpointWrite, DiskFullKeepsOldFile) {
-  TempDir dir;
+  TempDir dir("checkpoint");
   const fs::path folder = dir.path() / "checkpoints";
   fs::create_directories(folder);
   const fs::path path = folder / "last.safetensors";
@@ -781,7 +753,7 @@ TEST(CheckpointWrite, DiskFullKeepsOldFile) {
 }
 
 TEST(CheckpointWrite, ExactBudgetSucceeds) {
-  TempDir dir;
+  TempDir dir("checkpoint");
   const fs::path path = dir.path() / "last.safetensors";
   TinyModel tiny;
   tiny.save(path);
@@ -796,7 +768,7 @@ TEST(CheckpointWrite, ExactBudgetSucceeds) {
 }
 
 TEST(CheckpointWrite, MissingFolderRejected) {
-  TempDir dir;
+  TempDir dir("checkpoint");
   const fs::path path = dir.path() / "no_such_folder" / "last.safetensors";
   TinyModel tiny;
   std::string message = "<no exception>";
@@ -810,7 +782,7 @@ TEST(CheckpointWrite, MissingFolderRejected) {
 }
 
 TEST(CheckpointPath, RunDirectoryResolvesToCheckpoint) {
-  TempDir dir;
+  TempDir dir("checkpoint");
   EXPECT_EQ(lstm::resolve_checkpoint_path(dir.path(), "best"), dir.path() / "checkpoints" / "best.safetensors");
   const fs::path file = dir.path() / "x.safetensors";
   EXPECT_EQ(lstm::resolve_checkpoint_path(file, "last"), file);

@@ -2,15 +2,11 @@
 // non-zero exit code, one "error:" line on stderr and no change to any file.
 // A good tiny run must write every output file.
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -25,102 +21,19 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "tensor/random.h"
-
-extern char** environ;
+#include "test_files.h"
+#include "test_process.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+using namespace lstm::test;
+
 const fs::path kSourceDir = LSTM_SOURCE_DIR;
 const fs::path kTrain = fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-train";
 const fs::path kEval = fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-eval";
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "lstm-test-cli-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  fs::create_directories(path.parent_path());
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-struct Outcome {
-  int exit_code = -1;  // -1 when the process ended by a signal
-  int signal = 0;
-  std::string out, err;
-};
-
-// Runs `program args...` in `cwd` with stdout and stderr captured in files
-// under `capture_dir`, and waits for it. OMP_WAIT_POLICY=passive keeps the
-// OpenMP threads from spinning, which slows a run on a busy machine many
-// times over without changing its results.
-Outcome run_program(const fs::path& program, const std::vector<std::string>& args, const fs::path& cwd,
-                    const fs::path& capture_dir) {
-  std::vector<std::string> argv_strings = {program.string()};
-  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_strings) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::string(*e).rfind("OMP_WAIT_POLICY=", 0) != 0) env_strings.emplace_back(*e);
-  }
-  env_strings.emplace_back("OMP_WAIT_POLICY=passive");
-  std::vector<char*> envp;
-  for (auto& e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  const std::string out_path = (capture_dir / "stdout.txt").string();
-  const std::string err_path = (capture_dir / "stderr.txt").string();
-  const std::string cwd_string = cwd.string();
-
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    // Only async-signal-safe calls between fork and exec.
-    const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int in = ::open("/dev/null", O_RDONLY);
-    if (out < 0 || err < 0 || in < 0 || ::chdir(cwd_string.c_str()) != 0) ::_exit(126);
-    ::dup2(in, 0);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    ::execve(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  Outcome outcome;
-  if (WIFEXITED(status)) outcome.exit_code = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) outcome.signal = WTERMSIG(status);
-  outcome.out = read_bytes(out_path);
-  outcome.err = read_bytes(err_path);
-  return outcome;
-}
 
 // Every file and folder under root: folders by name, files by size, mtime
 // and contents.
@@ -271,8 +184,8 @@ class CliBadInput : public ::testing::Test {
 
   std::string path(const std::string& relative) const { return (work_.path() / relative).string(); }
 
-  TempDir work_;
-  TempDir capture_;
+  TempDir work_{"cli"};
+  TempDir capture_{"cli"};
   fs::path good_config_;
   fs::path old_run_;
   Tree before_;
@@ -418,7 +331,7 @@ TEST_F(CliBadInput, EvalGoodCheckpointWorks) {
 }
 
 TEST(CliHelp, TrainListsEveryOption) {
-  TempDir capture;
+  TempDir capture("cli");
   const Outcome o = run_program(kTrain, {"--help"}, capture.path(), capture.path());
   EXPECT_EQ(o.exit_code, 0) << o.err;
   for (const char* option : {"--config", "--set", "--run-dir", "--resume", "--log-level", "--quiet", "--progress",
@@ -432,7 +345,7 @@ TEST(CliHelp, TrainListsEveryOption) {
 }
 
 TEST(CliHelp, EvalListsEveryOption) {
-  TempDir capture;
+  TempDir capture("cli");
   const Outcome o = run_program(kEval, {"--help"}, capture.path(), capture.path());
   EXPECT_EQ(o.exit_code, 0) << o.err;
   for (const char* option : {"--checkpoint", "--data", "--batch-size", "--bptt", "--threads", "--json", "--version",
@@ -442,7 +355,7 @@ TEST(CliHelp, EvalListsEveryOption) {
 }
 
 TEST(CliHelp, VersionPrinted) {
-  TempDir capture;
+  TempDir capture("cli");
   const std::regex version(R"(lstm-lm \d+\.\d+\.\d+)");
   for (const fs::path& program : {kTrain, kEval}) {
     SCOPED_TRACE(program.string());
@@ -456,7 +369,7 @@ TEST(CliHelp, VersionPrinted) {
 class CliTinyRun : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    work_ = new TempDir;
+    work_ = new TempDir("cli");
     run_dir_ = work_->path() / "run";
     fs::create_directories(work_->path() / "capture");
     outcome_ = new Outcome(run_program(kTrain,
@@ -578,8 +491,8 @@ TEST_F(CliTinyRun, StdoutHasNoTerminalCodes) {
 // the lr after train.max_bad_steps of them, and stops with an error naming
 // the step when that fails again.
 TEST(CliDivergence, RollsBackThenStopsNamingStep) {
-  TempDir work;
-  TempDir capture;
+  TempDir work("cli");
+  TempDir capture("cli");
   const Outcome outcome =
       run_program(kTrain,
                   {"--config", (kSourceDir / "configs" / "tiny.json").string(), "--run-dir",

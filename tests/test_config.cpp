@@ -2,12 +2,10 @@
 // ConfigError whose message names the key and the offending value.
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -15,6 +13,7 @@
 #include <vector>
 
 #include "config/settings.h"
+#include "test_files.h"
 #include "util/error.h"
 
 namespace {
@@ -22,29 +21,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// A fresh folder under the system temp directory, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "lstm-test-config-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-fs::path write_text(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  return path;
-}
+using namespace lstm::test;
 
 // The message of the ConfigError that `action` throws, or a failure message
 // when it throws nothing or another type.
@@ -93,31 +70,31 @@ void collect_leaves(const json& node, const std::string& prefix, std::set<std::s
 }
 
 TEST(ConfigFile, MissingFileNamesPath) {
-  TempDir dir;
+  TempDir dir("config");
   const fs::path missing = dir.path() / "no_such_config.json";
   const std::string message = config_error_of([&] { lstm::load_settings(missing, {}); });
   EXPECT_NE(message.find(missing.string()), std::string::npos) << message;
 }
 
 TEST(ConfigFile, MalformedJsonGivesLineAndColumn) {
-  TempDir dir;
+  TempDir dir("config");
   // The trailing comma on line 3 makes the '}' at line 4, column 3 invalid.
-  const fs::path path = write_text(dir.path() / "broken.json",
-                                   "{\n"
-                                   "  \"train\": {\n"
-                                   "    \"lr\": 1.0,\n"
-                                   "  }\n"
-                                   "}\n");
+  const fs::path path = write_bytes(dir.path() / "broken.json",
+                                    "{\n"
+                                    "  \"train\": {\n"
+                                    "    \"lr\": 1.0,\n"
+                                    "  }\n"
+                                    "}\n");
   const std::string message = config_error_of([&] { lstm::load_settings(path, {}); });
   EXPECT_NE(message.find(path.string()), std::string::npos) << message;
   EXPECT_NE(message.find("line 4, column 3"), std::string::npos) << message;
 }
 
 TEST(ConfigFile, MalformedJsonPointsIntoToken) {
-  TempDir dir;
+  TempDir dir("config");
   // The ':' is missing, so the string "lstm" (columns 19 to 24) is the first
   // invalid token. Any column inside it leads the reader there.
-  const fs::path path = write_text(dir.path() / "broken.json", "{\"model\": {\"cell\" \"lstm\"}}\n");
+  const fs::path path = write_bytes(dir.path() / "broken.json", "{\"model\": {\"cell\" \"lstm\"}}\n");
   const std::string message = config_error_of([&] { lstm::load_settings(path, {}); });
   int line = 0, column = 0;
   const auto at = message.find("line ");
@@ -129,25 +106,25 @@ TEST(ConfigFile, MalformedJsonPointsIntoToken) {
 }
 
 TEST(ConfigFile, NumberOverflowRejected) {
-  TempDir dir;
+  TempDir dir("config");
   // Valid JSON syntax, but 1e400 does not fit a double.
-  const fs::path path = write_text(dir.path() / "overflow.json", "{\"train\": {\"lr\": 1e400}}\n");
+  const fs::path path = write_bytes(dir.path() / "overflow.json", "{\"train\": {\"lr\": 1e400}}\n");
   const std::string message = config_error_of([&] { lstm::load_settings(path, {}); });
   EXPECT_NE(message.find(path.string()), std::string::npos) << message;
   EXPECT_EQ(message.rfind("<not a ConfigError", 0), std::string::npos) << message;
 }
 
 TEST(ConfigFile, OverridesApplyToFile) {
-  TempDir dir;
-  const fs::path path = write_text(dir.path() / "c.json", R"({"train": {"lr": 2.5, "bptt": 12}})");
+  TempDir dir("config");
+  const fs::path path = write_bytes(dir.path() / "c.json", R"({"train": {"lr": 2.5, "bptt": 12}})");
   const lstm::Settings s = lstm::load_settings(path, {"train.bptt=7"});
   EXPECT_EQ(s.train.lr, 2.5);
   EXPECT_EQ(s.train.bptt, 7);
 }
 
 TEST(ConfigFile, ErrorNamesFileAsSource) {
-  TempDir dir;
-  const fs::path path = write_text(dir.path() / "c.json", R"({"train": {"bptt": 0}})");
+  TempDir dir("config");
+  const fs::path path = write_bytes(dir.path() / "c.json", R"({"train": {"bptt": 0}})");
   const std::string message = config_error_of([&] { lstm::load_settings(path, {}); });
   EXPECT_NE(message.find(path.string()), std::string::npos) << message;
   EXPECT_NE(message.find("train.bptt"), std::string::npos) << message;

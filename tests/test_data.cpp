@@ -2,15 +2,14 @@
 // each test.
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "data/corpus.h"
 #include "data/vocabulary.h"
+#include "test_files.h"
 #include "util/error.h"
 
 namespace {
@@ -18,28 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 using Tokens = std::vector<std::string>;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "lstm-test-data-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-fs::path write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out << bytes;
-  return path;
-}
+using namespace lstm::test;
 
 // The message of the error of type E that `action` throws, or a marker
 // message when it throws nothing or another type.
@@ -55,8 +33,6 @@ std::string error_of(Action action) {
   return "<no exception>";
 }
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
 class Tokenize : public ::testing::Test {
  protected:
   Tokens tokens_of(const std::string& bytes) {
@@ -68,7 +44,7 @@ class Tokenize : public ::testing::Test {
   }
   fs::path bad_path() const { return dir_.path() / "bad.txt"; }
 
-  TempDir dir_;
+  TempDir dir_{"data"};
 };
 
 TEST_F(Tokenize, LinesEndWithEos) {
@@ -157,7 +133,7 @@ TEST_F(Tokenize, FolderRejectedAsFile) {
 class VocabularyTest : public ::testing::Test {
  protected:
   lstm::TokenizedText train() { return lstm::read_tokens(write_bytes(dir_.path() / "train.txt", "x y y z z w w\n")); }
-  TempDir dir_;
+  TempDir dir_{"data"};
 };
 
 TEST_F(VocabularyTest, KeepsFirstAppearanceOrder) {
@@ -280,7 +256,7 @@ class SplitPaths : public ::testing::Test {
     settings.dir = folder.string();
     return settings;
   }
-  TempDir dir_;
+  TempDir dir_{"data"};
 };
 
 TEST_F(SplitPaths, FindsPlainNames) {

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <sstream>
@@ -20,6 +19,7 @@
 #include "config/settings.h"
 #include "data/corpus.h"
 #include "io/checkpoint.h"
+#include "test_files.h"
 #include "train/evaluate.h"
 #include "train/run_log.h"
 #include "train/trainer.h"
@@ -30,17 +30,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-void write_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
+using test::read_bytes;
+using test::write_bytes;
 
 // Trains configs/tiny.json for 100 steps once; every test loads its best checkpoint.
 class GenerateTest : public testing::Test {
@@ -247,8 +238,8 @@ TEST_F(GenerateTest, EosPrintsAsLineBreak) {
 
 TEST_F(GenerateTest, ScorePerplexityMatchesEvaluate) {
   const fs::path file = *dir_ / "score.txt";
-  write_file(file, "the forecast for ashford says wind in the night\n\nthe mice waited in the river\n"
-                   "the bridge repairs was the main topic at the meeting in greenfield");
+  write_bytes(file, "the forecast for ashford says wind in the night\n\nthe mice waited in the river\n"
+                    "the bridge repairs was the main topic at the meeting in greenfield");
   const TokenizedText text = read_tokens(file);
   const ScoreResult result = score_sentences(model(), vocab(), text, "", 4);
 
@@ -287,7 +278,7 @@ TEST_F(GenerateTest, ScorePerplexityMatchesEvaluate) {
 
 TEST_F(GenerateTest, ScoreOovWithoutUnkNamesWordAndLine) {
   const fs::path file = *dir_ / "score_oov.txt";
-  write_file(file, "the forecast\nthe zzqx forecast\n");
+  write_bytes(file, "the forecast\nthe zzqx forecast\n");
   try {
     score_sentences(model(), vocab(), read_tokens(file), "", 35);
     FAIL() << "out-of-vocabulary word accepted without data.unk_token";
@@ -301,7 +292,7 @@ TEST_F(GenerateTest, ScoreOovWithoutUnkNamesWordAndLine) {
 TEST_F(GenerateTest, ScoreOovMapsToUnkToken) {
   ASSERT_GE(vocab().find("<unk>"), 0);
   const fs::path file = *dir_ / "score_unk.txt";
-  write_file(file, "the zzqx forecast\n");
+  write_bytes(file, "the zzqx forecast\n");
   const ScoreResult result = score_sentences(model(), vocab(), read_tokens(file), "<unk>", 35);
   EXPECT_EQ(result.unk_mapped, 1);
   EXPECT_EQ(result.tokens, 4);
@@ -309,7 +300,7 @@ TEST_F(GenerateTest, ScoreOovMapsToUnkToken) {
 
 TEST_F(GenerateTest, ScoreEmptyFileRejected) {
   const fs::path file = *dir_ / "score_empty.txt";
-  write_file(file, "\n\n");
+  write_bytes(file, "\n\n");
   EXPECT_THROW(score_sentences(model(), vocab(), read_tokens(file), "", 35), DataError);
 }
 
@@ -327,7 +318,7 @@ CommandResult run_generate(const std::string& arguments, const fs::path& dir) {
   const std::string command = "'" + binary.string() + "' --threads 1 " + arguments + " > '" + out.string() +
                               "' 2> '" + err.string() + "'";
   const int status = std::system(command.c_str());
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(out), read_file(err)};
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_bytes(out), read_bytes(err)};
 }
 
 TEST_F(GenerateTest, CliSameSeedSameText) {
@@ -354,7 +345,7 @@ TEST_F(GenerateTest, CliRejectsZeroTemperature) {
 
 TEST_F(GenerateTest, CliScorePrintsLinesAndPerplexity) {
   const fs::path file = *dir_ / "cli_score.txt";
-  write_file(file, "the forecast for ashford\nthe mice waited\n");
+  write_bytes(file, "the forecast for ashford\nthe mice waited\n");
   const CommandResult result = run_generate("--checkpoint '" + checkpoint_path().string() + "' --score '" +
                                                 file.string() + "'",
                                             *dir_);

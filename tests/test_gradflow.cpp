@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -18,12 +17,15 @@
 #include "analysis/gradflow.h"
 #include "model/model.h"
 #include "tensor/random.h"
+#include "test_files.h"
 #include "util/error.h"
 
 namespace lstm {
 namespace {
 
 namespace fs = std::filesystem;
+
+using test::read_bytes;
 
 ModelConfig small_config(CellType cell, int vocab, int embedding, int hidden, int layers = 1) {
   ModelConfig config;
@@ -330,13 +332,6 @@ TEST(GradflowCsv, LabelWithCommaRejected) {
 // ---------------------------------------------------------------------------
 // lstm-gradflow command line
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> parts;
   std::stringstream stream(text);
@@ -372,9 +367,9 @@ class GradflowCli : public testing::Test {
 TEST_F(GradflowCli, WritesCsvWithEveryDistance) {
   const fs::path csv = dir_ / "tiny.csv";
   ASSERT_EQ(run("--steps 30 --batches 2 --label 'tiny fresh' --csv '" + csv.string() + "'"), 0)
-      << read_file(dir_ / "stderr.txt");
+      << read_bytes(dir_ / "stderr.txt");
 
-  const std::vector<std::string> lines = split(read_file(csv), '\n');
+  const std::vector<std::string> lines = split(read_bytes(csv), '\n');
   ASSERT_EQ(lines.size(), 1u + 2 * 30);  // header, then h and c of the one lstm layer
   EXPECT_EQ(lines[0], "label,cell,layer,kind,distance,norm");
   for (std::size_t i = 1; i < lines.size(); ++i) {
@@ -389,7 +384,7 @@ TEST_F(GradflowCli, WritesCsvWithEveryDistance) {
     EXPECT_TRUE(std::isfinite(norm)) << lines[i];
     EXPECT_GT(norm, 0.0) << lines[i];
   }
-  const std::string output = read_file(dir_ / "stdout.txt");
+  const std::string output = read_bytes(dir_ / "stdout.txt");
   EXPECT_NE(output.find("layer 0 dh: rate "), std::string::npos) << output;
   EXPECT_NE(output.find("layer 0 dc: rate "), std::string::npos) << output;
 }
@@ -399,7 +394,7 @@ TEST_F(GradflowCli, MissingModelIsUsageError) {
   const int status = std::system(command.c_str());
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 2);
-  EXPECT_NE(read_file(dir_ / "stderr.txt").find("missing --checkpoint"), std::string::npos);
+  EXPECT_NE(read_bytes(dir_ / "stderr.txt").find("missing --checkpoint"), std::string::npos);
 }
 
 TEST_F(GradflowCli, PlotWithoutPythonStillWritesCsv) {
@@ -407,7 +402,7 @@ TEST_F(GradflowCli, PlotWithoutPythonStillWritesCsv) {
   EXPECT_EQ(run("--steps 10 --batches 1 --plot '" + png.string() + "'", "LSTM_PYTHON=/nonexistent/python3"), 1);
   EXPECT_TRUE(fs::exists(dir_ / "curves.csv"));
   EXPECT_FALSE(fs::exists(png));
-  EXPECT_NE(read_file(dir_ / "stderr.txt").find("python3-matplotlib"), std::string::npos);
+  EXPECT_NE(read_bytes(dir_ / "stderr.txt").find("python3-matplotlib"), std::string::npos);
 }
 
 }  // namespace

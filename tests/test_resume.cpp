@@ -2,27 +2,23 @@
 // --resume must end with the same parameters, bit for bit, as a run that
 // was never stopped.
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "io/safetensors.h"
-
-extern char** environ;
+#include "test_files.h"
+#include "test_process.h"
 
 namespace {
 
@@ -30,100 +26,15 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+using namespace lstm::test;
+
 const fs::path kSourceDir = LSTM_SOURCE_DIR;
 const fs::path kTrain = fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-train";
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "lstm-test-resume-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-struct Outcome {
-  int exit_code = -1;  // -1 when the process ended by a signal
-  int signal = 0;
-  std::string out, err;
-};
-
-struct Running {
-  pid_t pid = -1;
-  fs::path out_path, err_path;
-};
-
-// Starts lstm-train with `args`, stdout and stderr going to files named by
-// `tag` in capture_dir. OMP_WAIT_POLICY=passive keeps idle OpenMP threads
-// from spinning, which otherwise slows runs on a busy machine many times over
-// without changing their results.
+// Starts lstm-train with `args` in this process's working directory, its
+// stdout and stderr going to capture_dir/TAG.stdout and capture_dir/TAG.stderr.
 Running start_train(const std::vector<std::string>& args, const fs::path& capture_dir, const std::string& tag) {
-  std::vector<std::string> argv_strings = {kTrain.string()};
-  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_strings) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::string(*e).rfind("OMP_WAIT_POLICY=", 0) != 0) env_strings.emplace_back(*e);
-  }
-  env_strings.emplace_back("OMP_WAIT_POLICY=passive");
-  std::vector<char*> envp;
-  for (auto& e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-
-  Running running;
-  running.out_path = capture_dir / (tag + ".stdout");
-  running.err_path = capture_dir / (tag + ".stderr");
-  const std::string out_path = running.out_path.string();
-  const std::string err_path = running.err_path.string();
-  running.pid = ::fork();
-  if (running.pid < 0) throw std::runtime_error("fork failed");
-  if (running.pid == 0) {
-    // Only async-signal-safe calls between fork and exec.
-    const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int in = ::open("/dev/null", O_RDONLY);
-    if (out < 0 || err < 0 || in < 0) ::_exit(126);
-    ::dup2(in, 0);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    ::execve(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  return running;
-}
-
-Outcome outcome_of(const Running& running, int status) {
-  Outcome outcome;
-  if (WIFEXITED(status)) outcome.exit_code = WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) outcome.signal = WTERMSIG(status);
-  outcome.out = read_bytes(running.out_path);
-  outcome.err = read_bytes(running.err_path);
-  return outcome;
-}
-
-Outcome wait_for(const Running& running) {
-  int status = 0;
-  ::waitpid(running.pid, &status, 0);
-  return outcome_of(running, status);
+  return start_process(kTrain, args, /*cwd=*/{}, capture_dir / (tag + ".stdout"), capture_dir / (tag + ".stderr"));
 }
 
 Outcome run_train(const std::vector<std::string>& args, const fs::path& capture_dir, const std::string& tag) {
@@ -229,7 +140,7 @@ class Resume : public ::testing::Test {
  protected:
   // The uninterrupted reference run, once per process.
   static void SetUpTestSuite() {
-    work_ = new TempDir;
+    work_ = new TempDir("resume");
     reference_ = work_->path() / "reference";
     const Outcome outcome = run_train(run_args(reference_), work_->path(), "reference");
     reference_ok_ = outcome.exit_code == 0;

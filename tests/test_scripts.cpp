@@ -6,12 +6,9 @@
 // python3-torch or python3-matplotlib. A test whose interpreter or package is
 // missing is skipped with a message that names the package to install.
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -20,64 +17,21 @@
 #include <string>
 #include <vector>
 
+#include "test_files.h"
+#include "test_process.h"
+
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+using namespace lstm::test;
+
 const fs::path kSourceDir = LSTM_SOURCE_DIR;
 const fs::path kBinaryDir = LSTM_BINARY_DIR;
 const fs::path kPython = "/usr/bin/python3";
 
-struct Result {
-  int exit_code = -1;  // -1 when the process did not exit normally
-  std::string out, err;
-};
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-// Runs `program args...` in `cwd` and waits for it. Its stdout and stderr
-// are captured through files in `capture_dir`.
-Result run(const fs::path& program, const std::vector<std::string>& args, const fs::path& cwd,
-           const fs::path& capture_dir) {
-  std::vector<std::string> words = {program.string()};
-  words.insert(words.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& word : words) argv.push_back(word.data());
-  argv.push_back(nullptr);
-  const std::string out_path = (capture_dir / "stdout.txt").string();
-  const std::string err_path = (capture_dir / "stderr.txt").string();
-  const std::string cwd_text = cwd.string();
-
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::runtime_error("fork failed");
-  if (pid == 0) {
-    // Only async-signal-safe calls between fork and exec.
-    const int in = ::open("/dev/null", O_RDONLY);
-    const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (in < 0 || out < 0 || err < 0 || ::chdir(cwd_text.c_str()) != 0) ::_exit(126);
-    ::dup2(in, 0);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  Result result;
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  result.out = read_file(out_path);
-  result.err = read_file(err_path);
-  return result;
-}
-
-std::string describe(const Result& r) {
+std::string describe(const Outcome& r) {
   return "exit code " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
 }
 
@@ -93,17 +47,12 @@ fs::path binary(const std::string& name) {
 class ScriptsTest : public testing::Test {
  protected:
   static void SetUpTestSuite() {
-    std::string pattern = (fs::temp_directory_path() / "lstm-test-scripts-XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
-    temp_dir_ = new fs::path(pattern);
-    // Idle OpenMP threads sleep instead of spinning, which on a busy machine
-    // slows lstm-train many times over without changing its results.
-    ::setenv("OMP_WAIT_POLICY", "passive", 1);
+    // run_program gives every child OMP_WAIT_POLICY=passive, and lstm-train
+    // started by a script inherits it.
+    temp_dir_ = new TempDir("scripts");
   }
 
   static void TearDownTestSuite() {
-    std::error_code ec;
-    fs::remove_all(*temp_dir_, ec);
     delete temp_dir_;
     temp_dir_ = nullptr;
   }
@@ -115,7 +64,7 @@ class ScriptsTest : public testing::Test {
     for (char& c : name) {
       if (c == '/') c = '_';
     }
-    const fs::path dir = *temp_dir_ / name;
+    const fs::path dir = temp_dir_->path() / name;
     fs::create_directories(dir);
     return dir;
   }
@@ -128,9 +77,9 @@ class ScriptsTest : public testing::Test {
              (package.empty() ? "" : " " + package) + "`";
     }
     if (module.empty()) return "";
-    const fs::path dir = *temp_dir_ / ("import-" + module);
+    const fs::path dir = temp_dir_->path() / ("import-" + module);
     fs::create_directories(dir);
-    const Result r = run(kPython, {"-c", "import " + module}, kSourceDir, dir);
+    const Outcome r = run_program(kPython, {"-c", "import " + module}, kSourceDir, dir);
     if (r.exit_code == 0) return "";
     return package + " is not installed (" + kPython.string() + " cannot import " + module +
            "): run `sudo apt-get install " + package + "`";
@@ -139,7 +88,7 @@ class ScriptsTest : public testing::Test {
   // Trains configs/tiny.json for 80 steps with `overrides` into a run folder
   // named `name` and returns that folder. Later calls with the same name reuse it.
   static fs::path tiny_run(const std::string& name, const std::vector<std::string>& overrides) {
-    const fs::path run_dir = *temp_dir_ / ("run-" + name);
+    const fs::path run_dir = temp_dir_->path() / ("run-" + name);
     if (fs::exists(run_dir / "summary.json")) return run_dir;
     std::vector<std::string> args = {"--config", "configs/tiny.json", "--run-dir", run_dir.string(),
                                      "--progress", "off", "--set", "train.max_steps=80",
@@ -148,17 +97,17 @@ class ScriptsTest : public testing::Test {
       args.push_back("--set");
       args.push_back(item);
     }
-    const fs::path capture = *temp_dir_ / ("train-" + name);
+    const fs::path capture = temp_dir_->path() / ("train-" + name);
     fs::create_directories(capture);
-    const Result r = run(binary("lstm-train"), args, kSourceDir, capture);
+    const Outcome r = run_program(binary("lstm-train"), args, kSourceDir, capture);
     if (r.exit_code != 0) throw std::runtime_error("lstm-train failed for " + name + ": " + describe(r));
     return run_dir;
   }
 
-  static fs::path* temp_dir_;
+  static TempDir* temp_dir_;
 };
 
-fs::path* ScriptsTest::temp_dir_ = nullptr;
+TempDir* ScriptsTest::temp_dir_ = nullptr;
 
 struct ConversionCase {
   std::string name;
@@ -176,15 +125,14 @@ TEST_P(ToPytorchTest, PerplexityMatchesLstmEval) {
   const fs::path run_dir = tiny_run(GetParam().name, GetParam().overrides);
   const fs::path dir = test_dir();
 
-  const Result eval = run(binary("lstm-eval"), {"--checkpoint", run_dir.string(), "--json", "--threads", "1"},
-                          kSourceDir, dir);
+  const Outcome eval =
+      run_program(binary("lstm-eval"), {"--checkpoint", run_dir.string(), "--json", "--threads", "1"}, kSourceDir, dir);
   ASSERT_EQ(eval.exit_code, 0) << describe(eval);
   const json expected = json::parse(eval.out);
 
-  const Result torch = run(kPython,
-                           {(kSourceDir / "scripts" / "to_pytorch.py").string(), run_dir.string(), "--json",
-                            "--threads", "1"},
-                           kSourceDir, dir);
+  const Outcome torch = run_program(
+      kPython, {(kSourceDir / "scripts" / "to_pytorch.py").string(), run_dir.string(), "--json", "--threads", "1"},
+      kSourceDir, dir);
   ASSERT_EQ(torch.exit_code, 0) << describe(torch);
   const json actual = json::parse(torch.out);
 
@@ -219,8 +167,8 @@ TEST_F(ScriptsTest, ToPytorchRejectsDamagedCheckpoint) {
     file.put(static_cast<char>(byte ^ 0x01));
   }
 
-  const Result r = run(kPython, {(kSourceDir / "scripts" / "to_pytorch.py").string(), damaged.string()},
-                       kSourceDir, dir);
+  const Outcome r =
+      run_program(kPython, {(kSourceDir / "scripts" / "to_pytorch.py").string(), damaged.string()}, kSourceDir, dir);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
   EXPECT_NE(r.err.find("checksum mismatch"), std::string::npos) << r.err;
 }
@@ -232,23 +180,23 @@ TEST_F(ScriptsTest, PlotRunWritesPng) {
   const fs::path dir = test_dir();
   const fs::path png = dir / "curves.png";
 
-  const Result r = run(kPython, {(kSourceDir / "scripts" / "plot_run.py").string(), run_dir.string(), "-o",
-                                 png.string()},
-                       kSourceDir, dir);
+  const Outcome r =
+      run_program(kPython, {(kSourceDir / "scripts" / "plot_run.py").string(), run_dir.string(), "-o", png.string()},
+                  kSourceDir, dir);
   ASSERT_EQ(r.exit_code, 0) << describe(r);
-  const std::string bytes = read_file(png);
+  const std::string bytes = read_bytes(png);
   ASSERT_GE(bytes.size(), 24u);
   EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
   EXPECT_GT(bytes.size(), 5000u) << "a plot of three panels should not be this small";
 
   // Width and height are the first two big-endian 32-bit fields of IHDR, at bytes 16..23.
-  const Result size = run(kPython,
-                          {"-c",
-                           "import struct, sys\n"
-                           "header = open(sys.argv[1], 'rb').read(24)\n"
-                           "print(*struct.unpack('>II', header[16:24]))",
-                           png.string()},
-                          kSourceDir, dir);
+  const Outcome size = run_program(kPython,
+                                   {"-c",
+                                    "import struct, sys\n"
+                                    "header = open(sys.argv[1], 'rb').read(24)\n"
+                                    "print(*struct.unpack('>II', header[16:24]))",
+                                    png.string()},
+                                   kSourceDir, dir);
   ASSERT_EQ(size.exit_code, 0) << describe(size);
   std::istringstream fields(size.out);
   long width = 0, height = 0;
@@ -277,15 +225,16 @@ TEST_F(ScriptsTest, RunExperimentsTabulatesGrid) {
   const fs::path dir = test_dir();
   const fs::path out = dir / "experiments";
 
-  const Result r = run(kPython,
-                       {(kSourceDir / "scripts" / "run_experiments.py").string(), "--config", "configs/tiny.json",
-                        "--grid", "model.cell=rnn,gru", "--set", "train.max_steps=30", "--threads", "1",
-                        "--bin-dir", binary("lstm-train").parent_path().string(), "--out", out.string()},
-                       kSourceDir, dir);
+  const Outcome r =
+      run_program(kPython,
+                  {(kSourceDir / "scripts" / "run_experiments.py").string(), "--config", "configs/tiny.json",
+                   "--grid", "model.cell=rnn,gru", "--set", "train.max_steps=30", "--threads", "1",
+                   "--bin-dir", binary("lstm-train").parent_path().string(), "--out", out.string()},
+                  kSourceDir, dir);
   ASSERT_EQ(r.exit_code, 0) << describe(r);
 
-  const std::vector<std::string> rows = lines_of(read_file(out / "results.csv"));
-  ASSERT_EQ(rows.size(), 3u) << read_file(out / "results.csv");
+  const std::vector<std::string> rows = lines_of(read_bytes(out / "results.csv"));
+  ASSERT_EQ(rows.size(), 3u) << read_bytes(out / "results.csv");
   EXPECT_EQ(rows[0], kResultsHeader);
   EXPECT_EQ(rows[1].rfind("configs/tiny.json,model.cell=rnn,", 0), 0u) << rows[1];
   EXPECT_EQ(rows[2].rfind("configs/tiny.json,model.cell=gru,", 0), 0u) << rows[2];
@@ -293,7 +242,7 @@ TEST_F(ScriptsTest, RunExperimentsTabulatesGrid) {
   EXPECT_TRUE(fs::exists(out / "tiny__model.cell-rnn" / "summary.json"));
   EXPECT_TRUE(fs::exists(out / "tiny__model.cell-gru" / "summary.json"));
 
-  const std::string markdown = read_file(out / "results.md");
+  const std::string markdown = read_bytes(out / "results.md");
   EXPECT_NE(markdown.find("| config | overrides | test ppl |"), std::string::npos) << markdown;
   // Title, fixed overrides, note, table header, rule and one row per run.
   EXPECT_EQ(lines_of(markdown).size(), 7u) << markdown;
@@ -305,16 +254,17 @@ TEST_F(ScriptsTest, RunExperimentsReportsFailedRun) {
   const fs::path dir = test_dir();
   const fs::path out = dir / "experiments";
 
-  const Result r = run(kPython,
-                       {(kSourceDir / "scripts" / "run_experiments.py").string(), "--config", "configs/tiny.json",
-                        "--grid", "train.lr=10,-1", "--set", "train.max_steps=10", "--threads", "1",
-                        "--bin-dir", binary("lstm-train").parent_path().string(), "--out", out.string()},
-                       kSourceDir, dir);
+  const Outcome r =
+      run_program(kPython,
+                  {(kSourceDir / "scripts" / "run_experiments.py").string(), "--config", "configs/tiny.json",
+                   "--grid", "train.lr=10,-1", "--set", "train.max_steps=10", "--threads", "1",
+                   "--bin-dir", binary("lstm-train").parent_path().string(), "--out", out.string()},
+                  kSourceDir, dir);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
   EXPECT_NE(r.out.find("failed (exit 2): error:"), std::string::npos) << r.out;
 
-  const std::vector<std::string> rows = lines_of(read_file(out / "results.csv"));
-  ASSERT_EQ(rows.size(), 3u) << read_file(out / "results.csv");
+  const std::vector<std::string> rows = lines_of(read_bytes(out / "results.csv"));
+  ASSERT_EQ(rows.size(), 3u) << read_bytes(out / "results.csv");
   EXPECT_NE(rows[1].find(",ok,"), std::string::npos) << rows[1];
   EXPECT_NE(rows[2].find("failed (exit 2)"), std::string::npos) << rows[2];
   EXPECT_NE(rows[2].find("train.lr"), std::string::npos) << "the status should carry lstm-train's error: " << rows[2];
