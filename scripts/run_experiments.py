@@ -43,7 +43,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BIN_DIRS = (os.path.join(REPO_ROOT, "build", "bin"), os.path.join(REPO_ROOT, "build", "src"))
 
 CSV_COLUMNS = ("config", "overrides", "fixed_overrides", "test_perplexity", "best_valid_perplexity",
-               "wall_time_s", "tokens_per_s", "parameters", "status", "run_dir")
+               "wall_time_s", "tokens_per_s", "threads", "parameters", "status", "run_dir")
 
 
 class UsageError(Exception):
@@ -280,6 +280,7 @@ def csv_row(run):
         "best_valid_perplexity": text(summary_number(run, "best_valid_perplexity")),
         "wall_time_s": text(summary_number(run, "wall_time_s")),
         "tokens_per_s": text(summary_number(run, "tokens_per_s")),
+        "threads": text(summary_number(run, "threads")),
         "parameters": text(summary_number(run, "parameters")),
         "status": run.status,
         "run_dir": run.run_dir,
@@ -304,6 +305,7 @@ def markdown_row(run):
         "" if wall is None else f"{wall:.1f}",
         "" if wall is None else format_duration(wall),
         fixed_point("tokens_per_s", 0),
+        fixed_point("threads", 0),
         fixed_point("parameters", 0),
         run.status,
     ]
@@ -327,11 +329,11 @@ def write_results(runs, fixed, out_dir):
     lines += [
         "Values are from each run's summary.json: the test perplexity of the best "
         "checkpoint, the lowest validation perplexity, lstm-train's wall time "
-        "(summed over resumes) and its training throughput in tokens/s.",
+        "(summed over resumes), its training throughput in tokens/s and the threads it used.",
         "",
         "| config | overrides | test ppl | best valid ppl | wall time (s) | wall time | tokens/s "
-        "| parameters | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| threads | parameters | status |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     lines += [markdown_row(run) for run in runs]
     md_path = os.path.join(out_dir, "results.md")

@@ -207,7 +207,7 @@ TEST_F(ScriptsTest, PlotRunWritesPng) {
 
 const char* const kResultsHeader =
     "config,overrides,fixed_overrides,test_perplexity,best_valid_perplexity,wall_time_s,tokens_per_s,"
-    "parameters,status,run_dir";
+    "threads,parameters,status,run_dir";
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
