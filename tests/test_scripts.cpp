@@ -219,18 +219,25 @@ std::vector<std::string> lines_of(const std::string& text) {
   return lines;
 }
 
+// Runs scripts/run_experiments.py on configs/tiny.json over `grid` for
+// `max_steps` steps per run, writing to `out` and capturing its output in `dir`.
+Outcome run_experiments_on_tiny(const std::string& grid, int max_steps, const fs::path& out, const fs::path& dir,
+                                const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> args = {(kSourceDir / "scripts" / "run_experiments.py").string(),
+                                   "--config", "configs/tiny.json", "--grid", grid,
+                                   "--set", "train.max_steps=" + std::to_string(max_steps), "--threads", "1",
+                                   "--bin-dir", binary("lstm-train").parent_path().string(), "--out", out.string()};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return run_program(kPython, args, kSourceDir, dir);
+}
+
 TEST_F(ScriptsTest, RunExperimentsTabulatesGrid) {
   const std::string missing = missing_python_module("", "");
   if (!missing.empty()) GTEST_SKIP() << missing;
   const fs::path dir = test_dir();
   const fs::path out = dir / "experiments";
 
-  const Outcome r =
-      run_program(kPython,
-                  {(kSourceDir / "scripts" / "run_experiments.py").string(), "--config", "configs/tiny.json",
-                   "--grid", "model.cell=rnn,gru", "--set", "train.max_steps=30", "--threads", "1",
-                   "--bin-dir", binary("lstm-train").parent_path().string(), "--out", out.string()},
-                  kSourceDir, dir);
+  const Outcome r = run_experiments_on_tiny("model.cell=rnn,gru", 30, out, dir);
   ASSERT_EQ(r.exit_code, 0) << describe(r);
 
   const std::vector<std::string> rows = lines_of(read_bytes(out / "results.csv"));
@@ -254,12 +261,7 @@ TEST_F(ScriptsTest, RunExperimentsReportsFailedRun) {
   const fs::path dir = test_dir();
   const fs::path out = dir / "experiments";
 
-  const Outcome r =
-      run_program(kPython,
-                  {(kSourceDir / "scripts" / "run_experiments.py").string(), "--config", "configs/tiny.json",
-                   "--grid", "train.lr=10,-1", "--set", "train.max_steps=10", "--threads", "1",
-                   "--bin-dir", binary("lstm-train").parent_path().string(), "--out", out.string()},
-                  kSourceDir, dir);
+  const Outcome r = run_experiments_on_tiny("train.lr=10,-1", 10, out, dir);
   EXPECT_EQ(r.exit_code, 1) << describe(r);
   EXPECT_NE(r.out.find("failed (exit 2): error:"), std::string::npos) << r.out;
 
@@ -268,6 +270,28 @@ TEST_F(ScriptsTest, RunExperimentsReportsFailedRun) {
   EXPECT_NE(rows[1].find(",ok,"), std::string::npos) << rows[1];
   EXPECT_NE(rows[2].find("failed (exit 2)"), std::string::npos) << rows[2];
   EXPECT_NE(rows[2].find("train.lr"), std::string::npos) << "the status should carry lstm-train's error: " << rows[2];
+}
+
+TEST_F(ScriptsTest, RunExperimentsReuseSkipsTraining) {
+  const std::string missing = missing_python_module("", "");
+  if (!missing.empty()) GTEST_SKIP() << missing;
+  const fs::path dir = test_dir();
+  const fs::path out = dir / "experiments";
+  const Outcome first = run_experiments_on_tiny("model.cell=rnn", 10, out, dir);
+  ASSERT_EQ(first.exit_code, 0) << describe(first);
+  const fs::path summary = out / "tiny__model.cell-rnn" / "summary.json";
+  const std::string summary_before = read_bytes(summary);
+  const auto written_before = fs::last_write_time(summary);
+
+  const Outcome second = run_experiments_on_tiny("model.cell=rnn", 10, out, dir, {"--reuse"});
+  ASSERT_EQ(second.exit_code, 0) << describe(second);
+  EXPECT_NE(second.out.find("reused"), std::string::npos) << second.out;
+  EXPECT_EQ(fs::last_write_time(summary), written_before);
+  EXPECT_EQ(read_bytes(summary), summary_before);
+
+  const std::vector<std::string> rows = lines_of(read_bytes(out / "results.csv"));
+  ASSERT_EQ(rows.size(), 2u) << read_bytes(out / "results.csv");
+  EXPECT_NE(rows[1].find(",reused,"), std::string::npos) << rows[1];
 }
 
 }  // namespace
