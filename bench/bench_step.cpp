@@ -19,6 +19,7 @@
 #include "data/batcher.h"
 #include "model/model.h"
 #include "tensor/gemm.h"
+#include "tensor/packed_gemm.h"
 #include "train/optimizer.h"
 #include "util/error.h"
 
@@ -74,6 +75,39 @@ double eigen_gemm_gflops(int repeats) {
     rates.push_back(2.0 * n * n * n / s / 1e9);
   }
   return median(rates);
+}
+
+// GFLOP/s of one recurrent step's product, op(Wh) (rows x depth) times the
+// depth x cols state of one thread's streams, on one thread: through the
+// packed kernel (when built) and through the BLAS.
+struct ProductRates {
+  double packed = 0.0;
+  double blas = 0.0;
+};
+
+ProductRates time_recurrent_product(int rows, int depth, int cols, Trans trans, int repeats) {
+  Matrix wh = trans == Trans::kNo ? Matrix::Random(rows, depth) : Matrix::Random(depth, rows);
+  Matrix h = Matrix::Random(depth, cols), out = Matrix::Zero(rows, cols);
+  PackedMatrix packed(rows, depth);
+  packed.pack(wh, trans);
+  const double flops = 2.0 * rows * depth * cols;
+  auto rate = [&](const auto& product) {
+    product();  // warm-up
+    std::vector<double> rates;
+    for (int r = 0; r < repeats; ++r) {
+      const auto start = Clock::now();
+      product();
+      rates.push_back(flops / std::chrono::duration<double>(Clock::now() - start).count() / 1e9);
+    }
+    return median(rates);
+  };
+  ProductRates result;
+  const int threads = num_threads();
+  set_num_threads(1);
+  if (packed_kernel_available()) result.packed = rate([&] { packed.multiply(h, 1.0f, out); });
+  result.blas = rate([&] { gemm(trans, Trans::kNo, 1.0f, wh, h, 1.0f, out); });
+  set_num_threads(threads);
+  return result;
 }
 
 struct StepTimes {
@@ -158,7 +192,7 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::vector<std::string> overrides;
   int threads = 0, vocab = 10000, steps = 20, warmup = 5;
-  bool as_json = false, sweep = false;
+  bool as_json = false, sweep = false, blas_recurrence = false;
   app.add_option("--config", config_path, "JSON config whose model, batch and bptt are timed");
   app.add_option("--set", overrides, "override a config key, KEY=VALUE (repeatable)");
   app.add_option("--threads", threads, "threads (default: all cores)");
@@ -167,10 +201,14 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed steps first (default: 5)");
   app.add_flag("--json", as_json, "print one JSON object");
   app.add_flag("--sweep", sweep, "sweep hidden size 100/200/650/1500 and batch size 1/20/64 (LSTM, E = H)");
+  app.add_flag("--blas-recurrence", blas_recurrence,
+               "run the per-step recurrent products through the BLAS instead of the packed kernel, "
+               "for comparison");
   CLI11_PARSE(app, argc, argv);
 
   try {
     set_num_threads(threads);
+    set_packed_recurrence(!blas_recurrence);
     const double peak = peak_gemm_gflops(7);
     const double eigen_peak = eigen_gemm_gflops(5);
     if (sweep) {
@@ -206,10 +244,22 @@ int main(int argc, char** argv) {
     const double eval_flops = matrix_flops_per_token(s.model, false);
     const double train_gflops = times.train_tokens_per_s * train_flops / 1e9;
     const double eval_gflops = times.eval_tokens_per_s * eval_flops / 1e9;
+    // The per-step products of the first layer as the threads run them: each
+    // thread takes ceil(B / threads) streams.
+    const int gates = gate_rows(s.model.cell, s.model.hidden_size);
+    const int per_thread = (s.train.batch_size + num_threads() - 1) / num_threads();
+    const int eval_per_thread = (s.eval.batch_size + num_threads() - 1) / num_threads();
+    const ProductRates forward =
+        time_recurrent_product(gates, s.model.hidden_size, per_thread, Trans::kNo, 50);
+    const ProductRates backward =
+        time_recurrent_product(s.model.hidden_size, gates, per_thread, Trans::kYes, 50);
+    const ProductRates eval_forward =
+        time_recurrent_product(gates, s.model.hidden_size, eval_per_thread, Trans::kNo, 50);
     if (as_json) {
       const nlohmann::json out = {{"config", config_path},
                                   {"threads", num_threads()},
                                   {"backend", gemm_backend()},
+                                  {"recurrent_product", packed_recurrence() ? "packed" : "blas"},
                                   {"batch_size", s.train.batch_size},
                                   {"eval_batch_size", s.eval.batch_size},
                                   {"bptt", s.train.bptt},
@@ -228,17 +278,28 @@ int main(int argc, char** argv) {
                                   {"optimizer_bytes", times.optimizer_bytes},
                                   {"train_activation_bytes", times.train_activation_bytes},
                                   {"eval_activation_bytes", times.eval_activation_bytes},
-                                  {"peak_rss_bytes", peak_rss_bytes()}};
+                                  {"peak_rss_bytes", peak_rss_bytes()},
+                                  {"step_product_gflops",
+                                   {{"train_forward", {{"packed", forward.packed}, {"blas", forward.blas}}},
+                                    {"train_backward", {{"packed", backward.packed}, {"blas", backward.blas}}},
+                                    {"eval_forward",
+                                     {{"packed", eval_forward.packed}, {"blas", eval_forward.blas}}}}}};
       std::printf("%s\n", out.dump().c_str());
     } else {
-      std::printf("config            %s (batch %d, eval batch %d, bptt %d, V %d, %d threads)\n", config_path.c_str(),
-                  s.train.batch_size, s.eval.batch_size, s.train.bptt, vocab, num_threads());
+      std::printf("config            %s (batch %d, eval batch %d, bptt %d, V %d, %d threads, %s recurrence)\n",
+                  config_path.c_str(), s.train.batch_size, s.eval.batch_size, s.train.bptt, vocab, num_threads(),
+                  packed_recurrence() ? "packed" : "blas");
       std::printf("sgemm 1024^3      %.1f GFLOP/s (%s), eigen %.1f GFLOP/s\n", peak, gemm_backend(), eigen_peak);
       std::printf("train             %.0f tokens/s, %.2f MFLOP/token, %.1f GFLOP/s, %.3f of the bound\n",
                   times.train_tokens_per_s, train_flops / 1e6, train_gflops, train_gflops / peak);
       std::printf("eval              %.0f tokens/s, %.2f MFLOP/token, %.1f GFLOP/s, %.3f of the bound\n",
                   times.eval_tokens_per_s, eval_flops / 1e6, eval_gflops, eval_gflops / peak);
       std::printf("eval / train      %.2f\n", times.eval_tokens_per_s / times.train_tokens_per_s);
+      std::printf("step product      GFLOP/s on one thread, packed / blas: train forward %dx%dx%d %.1f / %.1f, "
+                  "train backward %dx%dx%d %.1f / %.1f, eval forward %dx%dx%d %.1f / %.1f\n",
+                  gates, s.model.hidden_size, per_thread, forward.packed, forward.blas, s.model.hidden_size, gates,
+                  per_thread, backward.packed, backward.blas, gates, s.model.hidden_size, eval_per_thread,
+                  eval_forward.packed, eval_forward.blas);
       const double mb = 1024.0 * 1024.0;
       std::printf("memory (MiB)      parameters %.1f, gradients %.1f, optimizer %.1f, train activations %.1f, "
                   "eval activations %.1f; peak RSS %.1f\n",

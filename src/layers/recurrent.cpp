@@ -35,15 +35,28 @@ RecurrentCache::RecurrentCache(CellType cell_, int input_size_, int hidden_size_
     rh = Matrix::Zero(H, T * B);
     drh = Matrix::Zero(H, B);
   }
+  packed = packed_recurrence();
+  if (packed) {
+    const int recur_rows = cell == CellType::kGru ? 2 * H : G;
+    recur = PackedMatrix(recur_rows, H);
+    recur_t = PackedMatrix(H, recur_rows);
+    if (cell == CellType::kGru) {
+      recur_n = PackedMatrix(H, H);
+      recur_n_t = PackedMatrix(H, H);
+    }
+  }
 }
 
 namespace {
 
 // Calls body(part, first_stream, stream_count) for contiguous ranges of the B
-// streams, one per thread. Returns the number of parts.
+// streams, one per thread. Returns the number of parts. The packed products
+// are this project's own single-threaded code, so they can always run side by
+// side; BLAS products only when the BLAS build allows it.
 template <typename Body>
-int for_stream_ranges(int batch, const Body& body) {
-  const int threads = std::min(stream_parallelism(), batch);
+int for_stream_ranges(const RecurrentCache& cache, const Body& body) {
+  const int batch = cache.batch;
+  const int threads = std::min(cache.packed ? num_threads() : stream_parallelism(), batch);
   if (threads <= 1) {
     body(0, 0, batch);
     return 1;
@@ -62,9 +75,20 @@ int for_stream_ranges(int batch, const Body& body) {
   return parts;
 }
 
+// out = m * in + beta * out, where m is Wh or a block of it, packed or not.
+void recurrent_product(const PackedMatrix& packed, const ConstMatRef& m, bool use_packed,
+                       Trans trans, const ConstMatRef& in, float beta, MatRef out) {
+  if (use_packed) {
+    packed.multiply(in, beta, out);
+  } else {
+    gemm(trans, Trans::kNo, 1.0f, m, in, beta, out);
+  }
+}
+
 // Steps 0..steps-1 of streams [b0, b0 + nb), after the input projection.
 void forward_streams(RecurrentCache& cache, const RecurrentWeights& w, int steps, int b0, int nb) {
   const int B = cache.batch, H = cache.hidden_size;
+  const bool packed = cache.packed;
   for (int t = 0; t < steps; ++t) {
     auto g_t = cache.gates.middleCols(t * B + b0, nb);
     auto h_prev = cache.hbuf.middleCols(t * B + b0, nb);
@@ -73,18 +97,18 @@ void forward_streams(RecurrentCache& cache, const RecurrentWeights& w, int steps
     switch (cache.cell) {
       case CellType::kRnn:
         // 2. Recurrent projection, 3. nonlinearity.
-        gemm(Trans::kNo, Trans::kNo, 1.0f, w.wh, h_prev, 1.0f, g_t);
+        recurrent_product(cache.recur, w.wh, packed, Trans::kNo, h_prev, 1.0f, g_t);
         g_t.array() = g_t.array().tanh();
         h_t = g_t;
         break;
       case CellType::kRnnRelu:
-        gemm(Trans::kNo, Trans::kNo, 1.0f, w.wh, h_prev, 1.0f, g_t);
+        recurrent_product(cache.recur, w.wh, packed, Trans::kNo, h_prev, 1.0f, g_t);
         g_t.array() = g_t.array().max(0.0f);
         h_t = g_t;
         break;
       case CellType::kLstm: {
         // 2. Recurrent projection of all four gates.
-        gemm(Trans::kNo, Trans::kNo, 1.0f, w.wh, h_prev, 1.0f, g_t);
+        recurrent_product(cache.recur, w.wh, packed, Trans::kNo, h_prev, 1.0f, g_t);
         // 3. Gate nonlinearities: f, i, o sigmoid, g tanh.
         g_t.topRows(3 * H).array() = g_t.topRows(3 * H).array().logistic();
         g_t.bottomRows(H).array() = g_t.bottomRows(H).array().tanh();
@@ -103,12 +127,14 @@ void forward_streams(RecurrentCache& cache, const RecurrentWeights& w, int steps
       }
       case CellType::kGru: {
         // 2. Update and reset gates from h_{t-1}.
-        gemm(Trans::kNo, Trans::kNo, 1.0f, w.wh.topRows(2 * H), h_prev, 1.0f, g_t.topRows(2 * H));
+        recurrent_product(cache.recur, w.wh.topRows(2 * H), packed, Trans::kNo, h_prev, 1.0f,
+                          g_t.topRows(2 * H));
         g_t.topRows(2 * H).array() = g_t.topRows(2 * H).array().logistic();
         // 3. Candidate from the reset state r * h_{t-1}.
         auto rh_t = cache.rh.middleCols(t * B + b0, nb);
         rh_t.array() = g_t.middleRows(H, H).array() * h_prev.array();
-        gemm(Trans::kNo, Trans::kNo, 1.0f, w.wh.bottomRows(H), rh_t, 1.0f, g_t.bottomRows(H));
+        recurrent_product(cache.recur_n, w.wh.bottomRows(H), packed, Trans::kNo, rh_t, 1.0f,
+                          g_t.bottomRows(H));
         g_t.bottomRows(H).array() = g_t.bottomRows(H).array().tanh();
         // 4. Interpolation between h_{t-1} and the candidate.
         auto z = g_t.topRows(H).array();
@@ -125,6 +151,7 @@ void forward_streams(RecurrentCache& cache, const RecurrentWeights& w, int steps
 void backward_streams(RecurrentCache& cache, const RecurrentWeights& w, const ConstMatRef& d_output,
                       int steps, int part, int b0, int nb) {
   const int B = cache.batch, H = cache.hidden_size;
+  const bool packed = cache.packed;
   auto dh_next = cache.dh_next.middleCols(b0, nb);
   auto dh_step = cache.dh_step.middleCols(b0, nb);
   dh_next.setZero();
@@ -145,12 +172,12 @@ void backward_streams(RecurrentCache& cache, const RecurrentWeights& w, const Co
       case CellType::kRnn:
         // undo 3: h = tanh(a), da = dh * (1 - h^2); undo 2: dh_{t-1} = Wh^T da.
         dg_t.array() = dh * (1.0f - h_t.array().square());
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, dh_next);
+        recurrent_product(cache.recur_t, w.wh, packed, Trans::kYes, dg_t, 0.0f, dh_next);
         break;
       case CellType::kRnnRelu:
         // undo 3: h = max(0, a), da = dh where h > 0.
         dg_t.array() = (h_t.array() > 0.0f).select(dh, 0.0f);
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, dh_next);
+        recurrent_product(cache.recur_t, w.wh, packed, Trans::kYes, dg_t, 0.0f, dh_next);
         break;
       case CellType::kLstm: {
         auto f = g_t.topRows(H).array();
@@ -172,7 +199,7 @@ void backward_streams(RecurrentCache& cache, const RecurrentWeights& w, const Co
         // The cell path: dc_{t-1} = dc_t * f, only an element-wise product.
         dc *= f;
         // undo 2: dh_{t-1} = Wh^T da.
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh, dg_t, 0.0f, dh_next);
+        recurrent_product(cache.recur_t, w.wh, packed, Trans::kYes, dg_t, 0.0f, dh_next);
         break;
       }
       case CellType::kGru: {
@@ -185,11 +212,13 @@ void backward_streams(RecurrentCache& cache, const RecurrentWeights& w, const Co
         dg_t.bottomRows(H).array() = dh * (1.0f - z) * (1.0f - n.square());
         dg_t.topRows(H).array() = dh * (hp - n) * z * (1.0f - z);
         // undo 3: n = tanh(Wx_n x + Wh_n (r*h_prev) + b_n).
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh.bottomRows(H), dg_t.bottomRows(H), 0.0f, drh);
+        recurrent_product(cache.recur_n_t, w.wh.bottomRows(H), packed, Trans::kYes,
+                          dg_t.bottomRows(H), 0.0f, drh);
         dg_t.middleRows(H, H).array() = drh.array() * hp * r * (1.0f - r);
         dh_next.array() = dh * z + drh.array() * r;
         // undo 2: the gates' dependence on h_prev.
-        gemm(Trans::kYes, Trans::kNo, 1.0f, w.wh.topRows(2 * H), dg_t.topRows(2 * H), 1.0f, dh_next);
+        recurrent_product(cache.recur_t, w.wh.topRows(2 * H), packed, Trans::kYes,
+                          dg_t.topRows(2 * H), 1.0f, dh_next);
         break;
       }
     }
@@ -208,8 +237,19 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
   gemm(Trans::kNo, Trans::kNo, 1.0f, w.wx, input, 0.0f, all_gates);
   all_gates.colwise() += w.b.col(0);
 
+  // Wh is constant through the window: lay it out once for the T products.
+  if (cache.packed) {
+    if (cache.cell == CellType::kGru) {
+      const int H = cache.hidden_size;
+      cache.recur.pack(w.wh.topRows(2 * H), Trans::kNo);
+      cache.recur_n.pack(w.wh.bottomRows(H), Trans::kNo);
+    } else {
+      cache.recur.pack(w.wh, Trans::kNo);
+    }
+  }
+
   // 2-4 for every step, streams in parallel.
-  for_stream_ranges(B, [&](int, int b0, int nb) { forward_streams(cache, w, steps, b0, nb); });
+  for_stream_ranges(cache, [&](int, int b0, int nb) { forward_streams(cache, w, steps, b0, nb); });
 }
 
 void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, RecurrentGrads& g,
@@ -218,8 +258,17 @@ void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, Recurr
   const int B = cache.batch, H = cache.hidden_size;
   const int TB = steps * B;
 
+  if (cache.packed) {
+    if (cache.cell == CellType::kGru) {
+      cache.recur_t.pack(w.wh.topRows(2 * H), Trans::kYes);
+      cache.recur_n_t.pack(w.wh.bottomRows(H), Trans::kYes);
+    } else {
+      cache.recur_t.pack(w.wh, Trans::kYes);
+    }
+  }
+
   // undo 4, 3 and the recurrence of 2, step by step, streams in parallel.
-  const int parts = for_stream_ranges(B, [&](int part, int b0, int nb) {
+  const int parts = for_stream_ranges(cache, [&](int part, int b0, int nb) {
     backward_streams(cache, w, d_output, steps, part, b0, nb);
   });
   for (int t = 0; t < steps; ++t) {

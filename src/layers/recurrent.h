@@ -18,6 +18,7 @@
 // reached only by + and element-wise *, so its gradient survives long windows.
 
 #include "model/model_config.h"
+#include "tensor/packed_gemm.h"
 #include "tensor/types.h"
 
 namespace lstm {
@@ -58,6 +59,15 @@ struct RecurrentCache {
   Vector dc_norm; // T: the same for dL/dc_t (lstm only)
   Matrix dh_norm_sums;  // T x B: per-thread sums behind dh_norm (at most B threads)
   Matrix dc_norm_sums;  // T x B: the same for dc_norm
+
+  // Wh laid out for the per-step products when packed_recurrence() held at
+  // construction:
+  // packed at the start of each forward (recur) and backward (recur_t) window.
+  // rnn, lstm: recur = Wh (G x H), recur_t = Wh^T (H x G).
+  // gru: recur and recur_t hold the z and r rows (2H), recur_n and recur_n_t
+  // the candidate rows (H), because the candidate multiplies r*h instead of h.
+  bool packed;
+  PackedMatrix recur, recur_t, recur_n, recur_n_t;
 
   // h_T and c_T after the last forward window (the state to carry on).
   auto last_h(int steps) { return hbuf.middleCols(steps * batch, batch); }

@@ -247,7 +247,11 @@ std::size_t workspace_bytes(const Workspace& ws) {
       add(*m);
     }
   }
-  return floats * sizeof(float) + (ws.inputs.size() + ws.targets.size()) * sizeof(TokenId);
+  std::size_t packed = 0;
+  for (const auto& c : ws.layers) {
+    packed += c.recur.bytes() + c.recur_t.bytes() + c.recur_n.bytes() + c.recur_n_t.bytes();
+  }
+  return floats * sizeof(float) + packed + (ws.inputs.size() + ws.targets.size()) * sizeof(TokenId);
 }
 
 void carry_state(Workspace& ws, int steps) {

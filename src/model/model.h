@@ -99,7 +99,8 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
 // Adds the gradients of the window's training loss into model.params().grads().
 void model_backward(LanguageModel& model, Workspace& ws, int steps);
 
-// Bytes held by a workspace's buffers (the activations of a window).
+// Bytes held by a workspace's buffers: the activations of a window and the
+// per-layer copies of Wh laid out for the recurrent products.
 std::size_t workspace_bytes(const Workspace& ws);
 
 // Moves h_T (and c_T) of the last window into the carried state.

@@ -1,0 +1,158 @@
+// The packed product used by the recurrence against a double-precision
+// reference, over shapes that exercise partial panels and column tiles.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "layers/recurrent.h"
+#include "tensor/packed_gemm.h"
+#include "test_support.h"
+
+namespace lstm {
+namespace {
+
+using test::fill_uniform;
+
+struct Shape {
+  int rows;   // rows of op(a)
+  int depth;  // columns of op(a)
+  int cols;   // columns of b
+};
+
+// Largest |got - want| over the matrix, want computed in double.
+double max_error(const Matrix& got, const Eigen::MatrixXd& want) {
+  return (got.cast<double>() - want).cwiseAbs().maxCoeff();
+}
+
+class PackedProduct : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(PackedProduct, MatchesDoubleReference) {
+  const Shape s = GetParam();
+  Rng rng(7);
+  for (Trans trans : {Trans::kNo, Trans::kYes}) {
+    Matrix a = trans == Trans::kNo ? Matrix(s.rows, s.depth) : Matrix(s.depth, s.rows);
+    Matrix b(s.depth, s.cols);
+    Matrix c0(s.rows, s.cols);
+    fill_uniform(a, rng, 1.0f);
+    fill_uniform(b, rng, 1.0f);
+    fill_uniform(c0, rng, 1.0f);
+    Eigen::MatrixXd op_a = a.cast<double>();
+    if (trans == Trans::kYes) op_a.transposeInPlace();
+    const Eigen::MatrixXd product = op_a * b.cast<double>();
+
+    PackedMatrix packed(s.rows, s.depth);
+    packed.pack(a, trans);
+    // Each term is below 1 in size, so float error grows like depth * eps.
+    const double tolerance = 4.0 * s.depth * std::numeric_limits<float>::epsilon();
+
+    Matrix c = c0;
+    packed.multiply(b, 1.0f, c);
+    EXPECT_LT(max_error(c, product + c0.cast<double>()), tolerance) << "beta 1";
+
+    // beta 0 must not read c: a NaN there would otherwise survive.
+    c.setConstant(std::numeric_limits<float>::quiet_NaN());
+    packed.multiply(b, 0.0f, c);
+    EXPECT_LT(max_error(c, product), tolerance) << "beta 0";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PackedProduct,
+                         ::testing::Values(Shape{16, 8, 1}, Shape{400, 100, 10}, Shape{100, 400, 20},
+                                           Shape{37, 29, 13}, Shape{5, 3, 7}, Shape{2600, 650, 6},
+                                           Shape{650, 2600, 5}));
+
+TEST(PackedProduct, ColumnSplitKeepsEveryBit) {
+  // Threads multiply disjoint column ranges; each output must be the same
+  // float whichever range it falls in.
+  Rng rng(11);
+  Matrix a(70, 45), b(45, 20);
+  fill_uniform(a, rng, 1.0f);
+  fill_uniform(b, rng, 1.0f);
+  PackedMatrix packed(70, 45);
+  packed.pack(a, Trans::kNo);
+
+  Matrix whole(70, 20), split(70, 20);
+  packed.multiply(b, 0.0f, whole);
+  const int bounds[] = {0, 3, 10, 17, 20};
+  for (int r = 0; r + 1 < 5; ++r) {
+    const int count = bounds[r + 1] - bounds[r];
+    MatRef part = split.middleCols(bounds[r], count);
+    packed.multiply(b.middleCols(bounds[r], count), 0.0f, part);
+  }
+  EXPECT_EQ(0, std::memcmp(whole.data(), split.data(), sizeof(float) * whole.size()));
+}
+
+TEST(PackedProduct, WorksOnMatrixBlocks) {
+  // The GRU packs row blocks of Wh and multiplies column blocks of the
+  // activations, all with outer strides larger than their row counts.
+  Rng rng(3);
+  Matrix wh(60, 20), h(20 + 5, 9), out(60 + 4, 9);
+  fill_uniform(wh, rng, 1.0f);
+  fill_uniform(h, rng, 1.0f);
+  out.setZero();
+  PackedMatrix packed(40, 20);
+  packed.pack(wh.topRows(40), Trans::kNo);
+  MatRef target = out.topRows(40);
+  packed.multiply(h.topRows(20), 1.0f, target);
+  const Eigen::MatrixXd want = wh.topRows(40).cast<double>() * h.topRows(20).cast<double>();
+  EXPECT_LT(max_error(out.topRows(40), want), 1e-4);
+  EXPECT_EQ(0.0f, out.bottomRows(4).cwiseAbs().maxCoeff()) << "rows past the block were written";
+}
+
+// Forward and backward of one layer over a window; returns the outputs, the
+// weight gradients and the gradient reaching the carried-in h, side by side.
+Matrix run_layer(CellType cell, bool packed) {
+  constexpr int kInput = 12, kHidden = 21, kBatch = 7, kSteps = 5;
+  const int gates = gate_rows(cell, kHidden);
+  Rng rng(5);
+  Matrix wx(gates, kInput), wh(gates, kHidden), b(gates, 1), input(kInput, kSteps * kBatch);
+  Matrix d_output(kHidden, kSteps * kBatch);
+  fill_uniform(wx, rng, 0.5f);
+  fill_uniform(wh, rng, 0.5f);
+  fill_uniform(b, rng, 0.5f);
+  fill_uniform(input, rng, 1.0f);
+  fill_uniform(d_output, rng, 1.0f);
+
+  set_packed_recurrence(packed);
+  RecurrentCache cache(cell, kInput, kHidden, kBatch, kSteps);
+  set_packed_recurrence(true);
+  EXPECT_EQ(packed, cache.packed);
+  fill_uniform(cache.initial_h(), rng, 0.5f);
+  if (cell == CellType::kLstm) fill_uniform(cache.initial_c(), rng, 0.5f);
+
+  const RecurrentWeights weights{ConstMatrixMap(wx.data(), gates, kInput),
+                                 ConstMatrixMap(wh.data(), gates, kHidden),
+                                 ConstMatrixMap(b.data(), gates, 1)};
+  Matrix grad_wx = Matrix::Zero(gates, kInput), grad_wh = Matrix::Zero(gates, kHidden);
+  Matrix grad_b = Matrix::Zero(gates, 1);
+  RecurrentGrads grads{MatrixMap(grad_wx.data(), gates, kInput),
+                       MatrixMap(grad_wh.data(), gates, kHidden), MatrixMap(grad_b.data(), gates, 1)};
+  recurrent_forward(cache, weights, input, kSteps);
+  recurrent_backward(cache, weights, grads, input, d_output, nullptr, kSteps);
+
+  Matrix all(gates, kSteps * kBatch + kHidden + kHidden);
+  all.setZero();
+  all.topLeftCorner(kHidden, kSteps * kBatch) = cache.outputs(kSteps);
+  all.middleCols(kSteps * kBatch, kHidden) = grad_wh;
+  all.block(0, kSteps * kBatch + kHidden, kHidden, kBatch) = cache.dh_next;
+  return all;
+}
+
+TEST(PackedRecurrence, MatchesBlasPathForEveryCell) {
+  if (!packed_kernel_available()) {
+    GTEST_SKIP() << "this build has no AVX2/FMA kernel, so the layers use the BLAS path only";
+  }
+  for (CellType cell : test::kAllCells) {
+    const Matrix packed = run_layer(cell, true);
+    const Matrix blas = run_layer(cell, false);
+    // The two paths sum in different orders; values are of order 1.
+    EXPECT_LT((packed - blas).cwiseAbs().maxCoeff(), 1e-4f) << cell_name(cell);
+    EXPECT_GT(packed.cwiseAbs().maxCoeff(), 0.1f) << cell_name(cell) << ": nothing was computed";
+  }
+}
+
+}  // namespace
+}  // namespace lstm
