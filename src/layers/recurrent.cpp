@@ -52,7 +52,7 @@ namespace {
 // Calls body(part, first_stream, stream_count) for contiguous ranges of the B
 // streams, one per thread. Returns the number of parts. The packed products
 // are this project's own single-threaded code, so they can always run side by
-// side; BLAS products only when the BLAS build allows it.
+// side. BLAS products can only when the BLAS build allows it.
 template <typename Body>
 int for_stream_ranges(const RecurrentCache& cache, const Body& body) {
   const int batch = cache.batch;
