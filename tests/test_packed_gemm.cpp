@@ -65,7 +65,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PackedProduct,
                                            Shape{650, 2600, 5}));
 
 TEST(PackedProduct, ColumnSplitKeepsEveryBit) {
-  // Threads multiply disjoint column ranges; each output must be the same
+  // Threads multiply disjoint column ranges, and each output must be the same
   // float whichever range it falls in.
   Rng rng(11);
   Matrix a(70, 45), b(45, 20);
@@ -102,7 +102,7 @@ TEST(PackedProduct, WorksOnMatrixBlocks) {
   EXPECT_EQ(0.0f, out.bottomRows(4).cwiseAbs().maxCoeff()) << "rows past the block were written";
 }
 
-// Forward and backward of one layer over a window; returns the outputs, the
+// Runs forward and backward of one layer over a window and returns the outputs, the
 // weight gradients and the gradient reaching the carried-in h, side by side.
 Matrix run_layer(CellType cell, bool packed) {
   constexpr int kInput = 12, kHidden = 21, kBatch = 7, kSteps = 5;
@@ -148,7 +148,7 @@ TEST(PackedRecurrence, MatchesBlasPathForEveryCell) {
   for (CellType cell : test::kAllCells) {
     const Matrix packed = run_layer(cell, true);
     const Matrix blas = run_layer(cell, false);
-    // The two paths sum in different orders; values are of order 1.
+    // The two paths sum in different orders, and the values are of order 1.
     EXPECT_LT((packed - blas).cwiseAbs().maxCoeff(), 1e-4f) << cell_name(cell);
     EXPECT_GT(packed.cwiseAbs().maxCoeff(), 0.1f) << cell_name(cell) << ": nothing was computed";
   }

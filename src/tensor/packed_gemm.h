@@ -28,7 +28,7 @@ class PackedMatrix {
   static constexpr int kPanelRows = 16;
 
   PackedMatrix() = default;
-  // Reserves room for a rows x cols operand; pack() then allocates nothing.
+  // Reserves room for a rows x cols operand, so that pack() allocates nothing.
   PackedMatrix(int rows, int cols);
 
   // Copies op(a) (rows x cols) into the panels. Runs on every thread.
