@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <utility>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "model/model.h"
 #include "tensor/gemm.h"
 #include "tensor/packed_gemm.h"
+#include "tensor/parallel.h"
 #include "train/optimizer.h"
 #include "util/error.h"
 
@@ -47,20 +49,27 @@ double matrix_flops_per_token(const ModelConfig& c, bool training) {
   return training ? 3.0 * flops : flops;
 }
 
-// GFLOP/s of a 1024^3 single-precision product through the build's backend.
-double peak_gemm_gflops(int repeats) {
-  const int n = 1024;
-  Matrix a = Matrix::Random(n, n), b = Matrix::Random(n, n), c = Matrix::Zero(n, n);
-  gemm(Trans::kNo, Trans::kNo, 1.0f, a, b, 0.0f, c);  // warm-up
-  std::vector<double> rates;
-  for (int r = 0; r < repeats; ++r) {
-    const auto start = Clock::now();
-    gemm(Trans::kNo, Trans::kNo, 1.0f, a, b, 0.0f, c);
-    const double s = std::chrono::duration<double>(Clock::now() - start).count();
-    rates.push_back(2.0 * n * n * n / s / 1e9);
+// The practical peak: a 1024^3 single-precision product through the build's
+// backend. The bench measures it again right after every timed step, so that a
+// step and the peak it is divided by see the same machine; on a shared machine
+// the peak itself moves by a third from minute to minute.
+class PeakProbe {
+ public:
+  PeakProbe() : a_(Matrix::Random(kN, kN)), b_(Matrix::Random(kN, kN)), c_(Matrix::Zero(kN, kN)) {
+    measure();  // warm-up
   }
-  return median(rates);
-}
+
+  double measure() {
+    const auto start = Clock::now();
+    gemm(Trans::kNo, Trans::kNo, 1.0f, a_, b_, 0.0f, c_);
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    return 2.0 * kN * kN * kN / s / 1e9;
+  }
+
+ private:
+  static constexpr int kN = 1024;
+  Matrix a_, b_, c_;
+};
 
 // The same product through Eigen's own kernel, for the backend comparison.
 double eigen_gemm_gflops(int repeats) {
@@ -110,9 +119,79 @@ ProductRates time_recurrent_product(int rows, int depth, int cols, Trans trans, 
   return result;
 }
 
+// GFLOP/s of the decoder's three products at a model's sizes, on all threads,
+// as the steps run them: logits = W^T h, dW += h dlogits^T and dh = W dlogits,
+// each with the copy of its packed operand, or through the BLAS. They are
+// most of the matrix work of a small model, so their rates bound what a step
+// of it can reach.
+struct DecoderRates {
+  double logits = 0.0;
+  double weight_grad = 0.0;
+  double input_grad = 0.0;
+};
+
+DecoderRates time_decoder_products(int hidden, int vocab, int columns, int repeats) {
+  const Matrix w = Matrix::Random(hidden, vocab), h = Matrix::Random(hidden, columns);
+  Matrix logits = Matrix::Random(vocab, columns), dw = Matrix::Zero(hidden, vocab), dh(hidden, columns);
+  const double flops = 2.0 * hidden * vocab * columns;
+  auto rate = [&](const auto& product) {
+    product();  // warm-up
+    std::vector<double> rates;
+    for (int r = 0; r < repeats; ++r) {
+      const auto start = Clock::now();
+      product();
+      rates.push_back(flops / std::chrono::duration<double>(Clock::now() - start).count() / 1e9);
+    }
+    return median(rates);
+  };
+  DecoderRates result;
+  if (!packed_products()) {
+    result.weight_grad = rate([&] { gemm(Trans::kNo, Trans::kYes, 1.0f, h, logits, 1.0f, dw); });
+    result.input_grad = rate([&] { gemm(Trans::kNo, Trans::kNo, 1.0f, w, logits, 0.0f, dh); });
+    result.logits = rate([&] { gemm(Trans::kYes, Trans::kNo, 1.0f, w, h, 0.0f, logits); });
+    return result;
+  }
+  PackedMatrix packed_w(std::max(PackedMatrix::floats_for(vocab, hidden), PackedMatrix::floats_for(hidden, vocab)));
+  PackedMatrix packed_h(hidden, columns);
+  const int threads = num_threads();
+  // Part `part` of [0, n) when split among the threads.
+  auto range = [&](Eigen::Index part, int n) {
+    const int first = static_cast<int>(n * part / threads);
+    return std::pair<int, int>{first, static_cast<int>(n * (part + 1) / threads) - first};
+  };
+  result.weight_grad = rate([&] {
+    packed_h.pack(h, Trans::kNo);
+    parallel_for(threads, [&](Eigen::Index part) {
+      const auto [v0, words] = range(part, vocab);
+      packed_h.multiply_transposed(logits.middleRows(v0, words), 1.0f, dw.middleCols(v0, words));
+    });
+  });
+  result.input_grad = rate([&] {
+    packed_w.pack(w, Trans::kNo);
+    parallel_for(threads, [&](Eigen::Index part) {
+      const auto [j0, n] = range(part, columns);
+      packed_w.multiply(logits.middleCols(j0, n), 0.0f, dh.middleCols(j0, n));
+    });
+  });
+  result.logits = rate([&] {
+    packed_w.pack(w, Trans::kYes);
+    parallel_for(threads, [&](Eigen::Index part) {
+      const auto [j0, n] = range(part, columns);
+      packed_w.multiply(h.middleCols(j0, n), 0.0f, logits.middleCols(j0, n));
+    });
+  });
+  return result;
+}
+
 struct StepTimes {
   double train_tokens_per_s = 0.0;
   double eval_tokens_per_s = 0.0;
+  // Medians of the peak measured after each step, and of each step's GFLOP/s
+  // divided by the peak measured right after it.
+  double train_peak_gflops = 0.0;
+  double eval_peak_gflops = 0.0;
+  double train_fraction = 0.0;
+  double eval_fraction = 0.0;
   // Bytes of the training process's main buffers.
   double parameter_bytes = 0.0;
   double gradient_bytes = 0.0;
@@ -128,7 +207,7 @@ double peak_rss_bytes() {
 }
 
 StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train, int eval_batch, int warmup,
-                     int steps, std::uint64_t seed) {
+                     int steps, std::uint64_t seed, PeakProbe& probe) {
   LanguageModel model(model_config);
   Rng rng(seed);
   model.initialize(rng);
@@ -146,7 +225,8 @@ StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train
     Workspace ws(model_config, train.batch_size, train.bptt);
     result.train_activation_bytes = static_cast<double>(workspace_bytes(ws));
     StreamBatcher batcher(&ids, train.batch_size);
-    std::vector<double> rates;
+    const double flops = matrix_flops_per_token(model_config, /*training=*/true);
+    std::vector<double> rates, peaks, fractions;
     std::int64_t position = 0;
     for (int s = 0; s < warmup + steps; ++s) {
       const auto start = Clock::now();
@@ -158,16 +238,23 @@ StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train
       optimizer.step(model.params().values(), model.params().grads(), 1e-3, clip_factor(norm, train.clip_norm));
       carry_state(ws, T);
       const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-      if (s >= warmup) rates.push_back(static_cast<double>(T) * train.batch_size / seconds);
+      if (s >= warmup) {
+        rates.push_back(static_cast<double>(T) * train.batch_size / seconds);
+        peaks.push_back(probe.measure());
+        fractions.push_back(rates.back() * flops / 1e9 / peaks.back());
+      }
       position += T;
     }
     result.train_tokens_per_s = median(rates);
+    result.train_peak_gflops = median(peaks);
+    result.train_fraction = median(fractions);
   }
   {
-    Workspace ws(model_config, eval_batch, train.bptt);
+    Workspace ws(model_config, eval_batch, train.bptt, WorkspaceUse::kEvaluation);
     result.eval_activation_bytes = static_cast<double>(workspace_bytes(ws));
     StreamBatcher batcher(&ids, eval_batch);
-    std::vector<double> rates;
+    const double flops = matrix_flops_per_token(model_config, /*training=*/false);
+    std::vector<double> rates, peaks, fractions;
     std::int64_t position = 0;
     for (int s = 0; s < warmup + steps; ++s) {
       const auto start = Clock::now();
@@ -175,10 +262,16 @@ StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train
       model_forward(model, ws, T, /*training=*/false, nullptr);
       carry_state(ws, T);
       const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-      if (s >= warmup) rates.push_back(static_cast<double>(T) * eval_batch / seconds);
+      if (s >= warmup) {
+        rates.push_back(static_cast<double>(T) * eval_batch / seconds);
+        peaks.push_back(probe.measure());
+        fractions.push_back(rates.back() * flops / 1e9 / peaks.back());
+      }
       position += T;
     }
     result.eval_tokens_per_s = median(rates);
+    result.eval_peak_gflops = median(peaks);
+    result.eval_fraction = median(fractions);
   }
   return result;
 }
@@ -192,7 +285,7 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::vector<std::string> overrides;
   int threads = 0, vocab = 10000, steps = 20, warmup = 5;
-  bool as_json = false, sweep = false, blas_recurrence = false;
+  bool as_json = false, sweep = false, blas_products = false;
   app.add_option("--config", config_path, "JSON config whose model, batch and bptt are timed");
   app.add_option("--set", overrides, "override a config key, KEY=VALUE (repeatable)");
   app.add_option("--threads", threads, "threads (default: all cores)");
@@ -201,19 +294,20 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed steps first (default: 5)");
   app.add_flag("--json", as_json, "print one JSON object");
   app.add_flag("--sweep", sweep, "sweep hidden size 100/200/650/1500 and batch size 1/20/64 (LSTM, E = H)");
-  app.add_flag("--blas-recurrence", blas_recurrence,
-               "run the per-step recurrent products through the BLAS instead of the packed kernel, "
-               "for comparison");
+  app.add_flag("--blas-products", blas_products,
+               "run the per-step recurrent products and the decoder's logits through the BLAS instead of the "
+               "packed kernel, for comparison");
   CLI11_PARSE(app, argc, argv);
 
   try {
     set_num_threads(threads);
-    set_packed_recurrence(!blas_recurrence);
-    const double peak = peak_gemm_gflops(7);
+    set_packed_products(!blas_products);
+    PeakProbe probe;
     const double eigen_peak = eigen_gemm_gflops(5);
     if (sweep) {
-      std::printf("threads %d, %s sgemm 1024^3: %.1f GFLOP/s, eigen: %.1f GFLOP/s\n", num_threads(),
-                  gemm_backend(), peak, eigen_peak);
+      std::printf("threads %d, %s; each fraction divides a training step's GFLOP/s by a 1024^3 sgemm timed "
+                  "right after it (now %.1f GFLOP/s; eigen: %.1f GFLOP/s)\n",
+                  num_threads(), gemm_backend(), probe.measure(), eigen_peak);
       std::printf("| hidden | batch | train tok/s | train GFLOP/s | fraction of bound | eval tok/s |\n");
       std::printf("|---:|---:|---:|---:|---:|---:|\n");
       for (int hidden : {100, 200, 650, 1500}) {
@@ -227,10 +321,10 @@ int main(int argc, char** argv) {
           t.bptt = 35;
           // Fewer timed steps for the largest models keep the sweep within minutes.
           const int n = hidden >= 650 ? std::max(3, steps / 4) : steps;
-          const StepTimes times = time_steps(c, t, batch, std::min(warmup, 2), n, 1);
+          const StepTimes times = time_steps(c, t, batch, std::min(warmup, 2), n, 1, probe);
           const double gflops = times.train_tokens_per_s * matrix_flops_per_token(c, true) / 1e9;
           std::printf("| %d | %d | %.0f | %.1f | %.3f | %.0f |\n", hidden, batch, times.train_tokens_per_s, gflops,
-                      gflops / peak, times.eval_tokens_per_s);
+                      times.train_fraction, times.eval_tokens_per_s);
           std::fflush(stdout);
         }
       }
@@ -239,7 +333,7 @@ int main(int argc, char** argv) {
     if (config_path.empty()) throw ConfigError("missing --config FILE (or --sweep): see --help");
     Settings s = load_settings(config_path, overrides);
     s.model.vocab_size = vocab;
-    const StepTimes times = time_steps(s.model, s.train, s.eval.batch_size, warmup, steps, s.train.seed);
+    const StepTimes times = time_steps(s.model, s.train, s.eval.batch_size, warmup, steps, s.train.seed, probe);
     const double train_flops = matrix_flops_per_token(s.model, true);
     const double eval_flops = matrix_flops_per_token(s.model, false);
     const double train_gflops = times.train_tokens_per_s * train_flops / 1e9;
@@ -255,11 +349,14 @@ int main(int argc, char** argv) {
         time_recurrent_product(s.model.hidden_size, gates, per_thread, Trans::kYes, 50);
     const ProductRates eval_forward =
         time_recurrent_product(gates, s.model.hidden_size, eval_per_thread, Trans::kNo, 50);
+    const int columns = s.train.batch_size * s.train.bptt;
+    const DecoderRates decoder = time_decoder_products(s.model.hidden_size, vocab, columns, 9);
+    const double decoder_peak = probe.measure();
     if (as_json) {
       const nlohmann::json out = {{"config", config_path},
                                   {"threads", num_threads()},
                                   {"backend", gemm_backend()},
-                                  {"recurrent_product", packed_recurrence() ? "packed" : "blas"},
+                                  {"products", packed_products() ? "packed" : "blas"},
                                   {"batch_size", s.train.batch_size},
                                   {"eval_batch_size", s.eval.batch_size},
                                   {"bptt", s.train.bptt},
@@ -269,10 +366,16 @@ int main(int argc, char** argv) {
                                   {"eval_flops_per_token", eval_flops},
                                   {"train_gflops", train_gflops},
                                   {"eval_gflops", eval_gflops},
-                                  {"peak_gflops", peak},
+                                  {"train_peak_gflops", times.train_peak_gflops},
+                                  {"eval_peak_gflops", times.eval_peak_gflops},
                                   {"eigen_peak_gflops", eigen_peak},
-                                  {"train_fraction_of_bound", train_gflops / peak},
-                                  {"eval_fraction_of_bound", eval_gflops / peak},
+                                  {"train_fraction_of_bound", times.train_fraction},
+                                  {"eval_fraction_of_bound", times.eval_fraction},
+                                  {"decoder_product_gflops",
+                                   {{"logits", decoder.logits},
+                                    {"weight_grad", decoder.weight_grad},
+                                    {"input_grad", decoder.input_grad},
+                                    {"peak", decoder_peak}}},
                                   {"parameter_bytes", times.parameter_bytes},
                                   {"gradient_bytes", times.gradient_bytes},
                                   {"optimizer_bytes", times.optimizer_bytes},
@@ -286,20 +389,26 @@ int main(int argc, char** argv) {
                                      {{"packed", eval_forward.packed}, {"blas", eval_forward.blas}}}}}};
       std::printf("%s\n", out.dump().c_str());
     } else {
-      std::printf("config            %s (batch %d, eval batch %d, bptt %d, V %d, %d threads, %s recurrence)\n",
+      std::printf("config            %s (batch %d, eval batch %d, bptt %d, V %d, %d threads, %s products)\n",
                   config_path.c_str(), s.train.batch_size, s.eval.batch_size, s.train.bptt, vocab, num_threads(),
-                  packed_recurrence() ? "packed" : "blas");
-      std::printf("sgemm 1024^3      %.1f GFLOP/s (%s), eigen %.1f GFLOP/s\n", peak, gemm_backend(), eigen_peak);
+                  packed_products() ? "packed" : "blas");
+      std::printf("sgemm 1024^3      %.1f GFLOP/s after training steps, %.1f after evaluation steps (%s), "
+                  "eigen %.1f GFLOP/s\n",
+                  times.train_peak_gflops, times.eval_peak_gflops, gemm_backend(), eigen_peak);
       std::printf("train             %.0f tokens/s, %.2f MFLOP/token, %.1f GFLOP/s, %.3f of the bound\n",
-                  times.train_tokens_per_s, train_flops / 1e6, train_gflops, train_gflops / peak);
+                  times.train_tokens_per_s, train_flops / 1e6, train_gflops, times.train_fraction);
       std::printf("eval              %.0f tokens/s, %.2f MFLOP/token, %.1f GFLOP/s, %.3f of the bound\n",
-                  times.eval_tokens_per_s, eval_flops / 1e6, eval_gflops, eval_gflops / peak);
+                  times.eval_tokens_per_s, eval_flops / 1e6, eval_gflops, times.eval_fraction);
       std::printf("eval / train      %.2f\n", times.eval_tokens_per_s / times.train_tokens_per_s);
       std::printf("step product      GFLOP/s on one thread, packed / blas: train forward %dx%dx%d %.1f / %.1f, "
                   "train backward %dx%dx%d %.1f / %.1f, eval forward %dx%dx%d %.1f / %.1f\n",
                   gates, s.model.hidden_size, per_thread, forward.packed, forward.blas, s.model.hidden_size, gates,
                   per_thread, backward.packed, backward.blas, gates, s.model.hidden_size, eval_per_thread,
                   eval_forward.packed, eval_forward.blas);
+      std::printf("decoder products  GFLOP/s on %d threads, then sgemm 1024^3: logits %dx%dx%d %.1f, "
+                  "dW %dx%dx%d %.1f, dh %dx%dx%d %.1f; sgemm %.1f\n",
+                  num_threads(), vocab, s.model.hidden_size, columns, decoder.logits, s.model.hidden_size, columns,
+                  vocab, decoder.weight_grad, s.model.hidden_size, vocab, columns, decoder.input_grad, decoder_peak);
       const double mb = 1024.0 * 1024.0;
       std::printf("memory (MiB)      parameters %.1f, gradients %.1f, optimizer %.1f, train activations %.1f, "
                   "eval activations %.1f; peak RSS %.1f\n",

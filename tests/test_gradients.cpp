@@ -13,6 +13,7 @@
 #include "layers/recurrent.h"
 #include "model/model.h"
 #include "tensor/gemm.h"
+#include "tensor/packed_gemm.h"
 #include "test_support.h"
 
 namespace lstm {
@@ -316,6 +317,25 @@ TEST_P(ModelGradient, VariationalDropoutFixedMask) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cells, ModelGradient, testing::ValuesIn(kAllCells), cell_test_name);
+
+// Windows of at least kPackedDecoderColumns columns run the decoder through
+// PackedMatrix (when the build has its kernel); the windows above are narrower.
+class PackedDecoderGradient : public testing::TestWithParam<bool> {};
+
+TEST_P(PackedDecoderGradient, LstmEveryParameter) {
+  constexpr int kWideBatch = 4, kWideSteps = kPackedDecoderColumns / kWideBatch;
+  const bool tied = GetParam();
+  ModelConfig config = make_config(CellType::kLstm, kVocab, kHidden, kHidden, 1);
+  config.tie_weights = tied;
+  ModelGradientFixture fixture(config, kWideBatch, kWideSteps, 28);
+  if (packed_kernel_available()) {
+    ASSERT_GT(fixture.workspace().packed_w.bytes(), 0u) << "the packed decoder is not in use";
+  }
+  fixture.check_every_parameter(tied ? "packed decoder, tied" : "packed decoder");
+}
+
+INSTANTIATE_TEST_SUITE_P(Tying, PackedDecoderGradient, testing::Bool(),
+                         [](const testing::TestParamInfo<bool>& info) { return info.param ? "tied" : "untied"; });
 
 TEST(TiedGradient, LstmEveryParameter) {
   ModelConfig config = make_config(CellType::kLstm, kVocab, kHidden, kHidden, 2);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,50 @@ TEST(SoftmaxCrossEntropy, GradientIsScaledSoftmaxMinusOneHot) {
       column_sum += logits(v, j);
     }
     EXPECT_NEAR(column_sum, 0.0, kAbsTol) << "gradient column " << j << " does not sum to 0";
+  }
+}
+
+TEST(SoftmaxCrossEntropy, WideVocabularyMatchesDoubleReference) {
+  // Wide enough for the vectorized passes and a tail, and with logits spread
+  // far enough that some probabilities underflow to zero.
+  constexpr double kRelTol = 1e-6;
+  constexpr float kScale = 0.5f;
+  constexpr int kVocab = 1003, kColumns = 4;
+  const float spreads[kColumns] = {1.0f, 10.0f, 60.0f, 200.0f};
+  Rng rng(22);
+  Matrix logits(kVocab, kColumns);
+  for (int j = 0; j < kColumns; ++j) {
+    Matrix column(kVocab, 1);
+    fill_uniform(column, rng, spreads[j]);
+    logits.col(j) = column;
+  }
+  const auto targets = random_ids(kColumns, kVocab, rng);
+  const Matrix original = logits;
+  const auto expected_losses = reference_losses(original, targets);
+
+  std::vector<float> eval_losses(kColumns);
+  Matrix untouched = logits;
+  softmax_cross_entropy(untouched, nullptr, targets.data(), eval_losses.data(), std::nullopt);
+  std::vector<float> losses(kColumns);
+  softmax_cross_entropy(logits, nullptr, targets.data(), losses.data(), kScale);
+
+  for (int j = 0; j < kColumns; ++j) {
+    EXPECT_NEAR(losses[j], expected_losses[j], 1e-5 * std::max(1.0, std::abs(expected_losses[j]))) << "column " << j;
+    EXPECT_EQ(losses[j], eval_losses[j]) << "column " << j << ": evaluation and training losses differ";
+    // The shifted logits as the op computes them (a float subtraction, off by
+    // up to half an ulp of the logit), so that the comparison tests the exp.
+    const float max_logit = original.col(j).maxCoeff();
+    std::vector<double> exps(kVocab);
+    double sum = 0.0;
+    for (int v = 0; v < kVocab; ++v) sum += exps[v] = std::exp(static_cast<double>(original(v, j) - max_logit));
+    for (int v = 0; v < kVocab; ++v) {
+      const double probability = exps[v] / sum;
+      const double expected = kScale * (probability - (v == targets[j] ? 1.0 : 0.0));
+      // Relative to the probability and to the entry, with a floor at the
+      // smallest normal float, where the op flushes to zero.
+      EXPECT_NEAR(logits(v, j), expected, kRelTol * (kScale * probability + std::abs(expected)) + 1.2e-38)
+          << "row " << v << ", column " << j;
+    }
   }
 }
 
@@ -257,6 +302,40 @@ TEST_P(EvaluationWindows, LossesIndependentOfBptt) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cells, EvaluationWindows, testing::ValuesIn(kAllCells), cell_test_name);
+
+class EvaluationWorkspace : public testing::TestWithParam<CellType> {};
+
+TEST_P(EvaluationWorkspace, SameLossesInLessMemoryAndNoBackward) {
+  constexpr int kVocab = 19, kTokens = 121, kBatch = 3, kBptt = 5;
+  ModelConfig config = make_config(GetParam(), kVocab, 6, 5, 2);
+  config.dropout = 0.3f;
+  LanguageModel model(config);
+  Rng rng(8);
+  model.initialize(rng);
+  const auto ids = random_ids(kTokens, kVocab, rng);
+
+  Workspace training_ws(config, kBatch, kBptt);
+  Workspace eval_ws(config, kBatch, kBptt, WorkspaceUse::kEvaluation);
+  std::vector<float> training_losses, eval_losses;
+  const EvalResult from_training = evaluate(model, training_ws, ids, &training_losses);
+  const EvalResult from_eval = evaluate(model, eval_ws, ids, &eval_losses);
+  EXPECT_EQ(from_eval.tokens, from_training.tokens);
+  EXPECT_EQ(from_eval.loss_sum, from_training.loss_sum);
+  EXPECT_EQ(eval_losses, training_losses);
+
+  // Without the backward buffers (gate gradients, dropout masks, dL/dh) the
+  // workspace must be clearly smaller.
+  EXPECT_LT(workspace_bytes(eval_ws), workspace_bytes(training_ws) * 3 / 4)
+      << workspace_bytes(eval_ws) << " of " << workspace_bytes(training_ws) << " bytes";
+
+  StreamBatcher batcher(&ids, kBatch);
+  batcher.fill(0, kBptt, eval_ws.inputs.data(), eval_ws.targets.data());
+  EXPECT_THROW(model_forward(model, eval_ws, kBptt, /*training=*/true, &rng), std::logic_error);
+  model_forward(model, eval_ws, kBptt, /*training=*/false, nullptr);
+  EXPECT_THROW(model_backward(model, eval_ws, kBptt), std::logic_error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cells, EvaluationWorkspace, testing::ValuesIn(kAllCells), cell_test_name);
 
 // ---------------------------------------------------------------------------
 // StreamBatcher

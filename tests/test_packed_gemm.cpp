@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -56,13 +57,23 @@ TEST_P(PackedProduct, MatchesDoubleReference) {
     c.setConstant(std::numeric_limits<float>::quiet_NaN());
     packed.multiply(b, 0.0f, c);
     EXPECT_LT(max_error(c, product), tolerance) << "beta 0";
+
+    // The same product with b handed over as its transpose.
+    const Matrix bt = b.transpose();
+    c = c0;
+    packed.multiply_transposed(bt, 1.0f, c);
+    EXPECT_LT(max_error(c, product + c0.cast<double>()), tolerance) << "transposed b, beta 1";
+    c.setConstant(std::numeric_limits<float>::quiet_NaN());
+    packed.multiply_transposed(bt, 0.0f, c);
+    EXPECT_LT(max_error(c, product), tolerance) << "transposed b, beta 0";
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PackedProduct,
                          ::testing::Values(Shape{16, 8, 1}, Shape{400, 100, 10}, Shape{100, 400, 20},
                                            Shape{37, 29, 13}, Shape{5, 3, 7}, Shape{2600, 650, 6},
-                                           Shape{650, 2600, 5}));
+                                           Shape{650, 2600, 5}, Shape{100, 1300, 9}, Shape{700, 100, 31},
+                                           Shape{650, 700, 12}));
 
 TEST(PackedProduct, ColumnSplitKeepsEveryBit) {
   // Threads multiply disjoint column ranges, and each output must be the same
@@ -83,6 +94,42 @@ TEST(PackedProduct, ColumnSplitKeepsEveryBit) {
     packed.multiply(b.middleCols(bounds[r], count), 0.0f, part);
   }
   EXPECT_EQ(0, std::memcmp(whole.data(), split.data(), sizeof(float) * whole.size()));
+
+  // The same for the transposed form, whose threads split the rows of bt.
+  const Matrix bt = b.transpose();
+  Matrix whole_t(70, 20), split_t(70, 20);
+  packed.multiply_transposed(bt, 0.0f, whole_t);
+  for (int r = 0; r + 1 < 5; ++r) {
+    const int count = bounds[r + 1] - bounds[r];
+    MatRef part = split_t.middleCols(bounds[r], count);
+    packed.multiply_transposed(bt.middleRows(bounds[r], count), 0.0f, part);
+  }
+  EXPECT_EQ(0, std::memcmp(whole_t.data(), split_t.data(), sizeof(float) * whole_t.size()));
+}
+
+TEST(PackedProduct, OneBufferServesSeveralShapes) {
+  // The decoder packs W^T for forward and W for backward into one buffer; a
+  // deeper operand after a shallower one must not see the old layout.
+  Rng rng(13);
+  Matrix w(23, 70), b_forward(23, 6), b_backward(70, 6);
+  fill_uniform(w, rng, 1.0f);
+  fill_uniform(b_forward, rng, 1.0f);
+  fill_uniform(b_backward, rng, 1.0f);
+  PackedMatrix packed(std::max(PackedMatrix::floats_for(70, 23), PackedMatrix::floats_for(23, 70)));
+  const double tolerance = 4.0 * 70 * std::numeric_limits<float>::epsilon();
+  for (int round = 0; round < 2; ++round) {
+    Matrix logits(70, 6), dh(23, 6);
+    packed.pack(w, Trans::kYes);
+    EXPECT_EQ(70, packed.rows());
+    EXPECT_EQ(23, packed.cols());
+    packed.multiply(b_forward, 0.0f, logits);
+    EXPECT_LT(max_error(logits, w.transpose().cast<double>() * b_forward.cast<double>()), tolerance);
+    packed.pack(w, Trans::kNo);
+    EXPECT_EQ(23, packed.rows());
+    EXPECT_EQ(70, packed.cols());
+    packed.multiply(b_backward, 0.0f, dh);
+    EXPECT_LT(max_error(dh, w.cast<double>() * b_backward.cast<double>()), tolerance);
+  }
 }
 
 TEST(PackedProduct, WorksOnMatrixBlocks) {
@@ -116,9 +163,9 @@ Matrix run_layer(CellType cell, bool packed) {
   fill_uniform(input, rng, 1.0f);
   fill_uniform(d_output, rng, 1.0f);
 
-  set_packed_recurrence(packed);
+  set_packed_products(packed);
   RecurrentCache cache(cell, kInput, kHidden, kBatch, kSteps);
-  set_packed_recurrence(true);
+  set_packed_products(true);
   EXPECT_EQ(packed, cache.packed);
   fill_uniform(cache.initial_h(), rng, 0.5f);
   if (cell == CellType::kLstm) fill_uniform(cache.initial_c(), rng, 0.5f);

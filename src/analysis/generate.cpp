@@ -123,7 +123,7 @@ std::vector<TokenId> sample_words(LanguageModel& model, const Vocabulary& vocab,
   // Feed the whole context as one window. Targets are not used, but the loss
   // computed by model_forward needs valid ids.
   int steps = static_cast<int>(context.size());
-  Workspace ws(model.config(), /*batch=*/1, steps);
+  Workspace ws(model.config(), /*batch=*/1, steps, WorkspaceUse::kEvaluation);
   reset_state(ws);
   std::copy(context.begin(), context.end(), ws.inputs.begin());
   std::fill(ws.targets.begin(), ws.targets.end(), 0);
@@ -181,7 +181,7 @@ ScoreResult score_sentences(LanguageModel& model, const Vocabulary& vocab, const
 
   ScoreResult result;
   result.unk_mapped = encoded.unk_mapped;
-  Workspace ws(model.config(), /*batch=*/1, window);
+  Workspace ws(model.config(), /*batch=*/1, window, WorkspaceUse::kEvaluation);
   reset_state(ws);
   SentenceScore sentence;
   sentence.line = text.line_of_token[0];

@@ -50,7 +50,7 @@ int main(int argc, char** argv) {
     }
     const lstm::EncodedText text = lstm::encode(lstm::read_tokens(file), ckpt.vocab, s.data.unk_token);
     const int streams = batch_size > 0 ? batch_size : s.eval.batch_size;
-    lstm::Workspace ws(s.model, streams, bptt > 0 ? bptt : s.eval.bptt);
+    lstm::Workspace ws(s.model, streams, bptt > 0 ? bptt : s.eval.bptt, lstm::WorkspaceUse::kEvaluation);
     const lstm::EvalResult result = lstm::evaluate(*ckpt.model, ws, text.ids);
     if (as_json) {
       const nlohmann::json out = {{"perplexity", result.perplexity()},

@@ -3,47 +3,50 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "tensor/gemm.h"
 
 namespace lstm {
 
 RecurrentCache::RecurrentCache(CellType cell_, int input_size_, int hidden_size_, int batch_,
-                               int max_steps_)
+                               int max_steps_, bool backward_)
     : cell(cell_),
       input_size(input_size_),
       hidden_size(hidden_size_),
       batch(batch_),
-      max_steps(max_steps_) {
+      max_steps(max_steps_),
+      backward(backward_) {
   const int H = hidden_size, B = batch, T = max_steps;
   const int G = gate_rows(cell, H);
+  const bool lstm = cell == CellType::kLstm, gru = cell == CellType::kGru;
   gates = Matrix::Zero(G, T * B);
-  dgates = Matrix::Zero(G, T * B);
   hbuf = Matrix::Zero(H, (T + 1) * B);
+  if (lstm) {
+    cbuf = Matrix::Zero(H, (T + 1) * B);
+    tanh_c = Matrix::Zero(H, T * B);
+  }
+  if (gru) rh = Matrix::Zero(H, T * B);
+  packed = packed_products();
+  const int recur_rows = gru ? 2 * H : G;
+  if (packed) {
+    recur = PackedMatrix(recur_rows, H);
+    if (gru) recur_n = PackedMatrix(H, H);
+  }
+  if (!backward) return;
+
+  dgates = Matrix::Zero(G, T * B);
   dh_next = Matrix::Zero(H, B);
   dh_step = Matrix::Zero(H, B);
   dh_norm = Vector::Zero(T);
   dc_norm = Vector::Zero(T);
   dh_norm_sums = Matrix::Zero(T, B);
   dc_norm_sums = Matrix::Zero(T, B);
-  if (cell == CellType::kLstm) {
-    cbuf = Matrix::Zero(H, (T + 1) * B);
-    tanh_c = Matrix::Zero(H, T * B);
-    dc_next = Matrix::Zero(H, B);
-  }
-  if (cell == CellType::kGru) {
-    rh = Matrix::Zero(H, T * B);
-    drh = Matrix::Zero(H, B);
-  }
-  packed = packed_recurrence();
+  if (lstm) dc_next = Matrix::Zero(H, B);
+  if (gru) drh = Matrix::Zero(H, B);
   if (packed) {
-    const int recur_rows = cell == CellType::kGru ? 2 * H : G;
-    recur = PackedMatrix(recur_rows, H);
     recur_t = PackedMatrix(H, recur_rows);
-    if (cell == CellType::kGru) {
-      recur_n = PackedMatrix(H, H);
-      recur_n_t = PackedMatrix(H, H);
-    }
+    if (gru) recur_n_t = PackedMatrix(H, H);
   }
 }
 
@@ -255,6 +258,7 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
 void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, RecurrentGrads& g,
                         const ConstMatRef& input, const ConstMatRef& d_output, MatRef* d_input,
                         int steps) {
+  if (!cache.backward) throw std::logic_error("recurrent_backward on a cache built without backward buffers");
   const int B = cache.batch, H = cache.hidden_size;
   const int TB = steps * B;
 

@@ -36,14 +36,17 @@ struct RecurrentGrads {
 };
 
 // Buffers for one layer over windows of up to max_steps steps of B streams.
+// Without `backward`, the buffers only backward uses stay empty.
 struct RecurrentCache {
-  RecurrentCache(CellType cell, int input_size, int hidden_size, int batch, int max_steps);
+  RecurrentCache(CellType cell, int input_size, int hidden_size, int batch, int max_steps,
+                 bool backward = true);
 
   CellType cell;
   int input_size;   // I
   int hidden_size;  // H
   int batch;        // B
   int max_steps;    // T max
+  bool backward;    // recurrent_backward() may run on this cache
 
   Matrix gates;   // G x T*B: gate values after their nonlinearity
   Matrix hbuf;    // H x (T+1)*B: block 0 is the carried-in h, block t+1 is h_t
@@ -60,7 +63,7 @@ struct RecurrentCache {
   Matrix dh_norm_sums;  // T x B: per-thread sums behind dh_norm (at most B threads)
   Matrix dc_norm_sums;  // T x B: the same for dc_norm
 
-  // Wh laid out for the per-step products when packed_recurrence() held at
+  // Wh laid out for the per-step products when packed_products() held at
   // construction:
   // packed at the start of each forward (recur) and backward (recur_t) window.
   // rnn, lstm: recur = Wh (G x H), recur_t = Wh^T (H x G).
@@ -92,6 +95,7 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
 // d_input (I x steps*B) unless it is null. d_output (H x steps*B) is dL/dh_t
 // from above. No gradient flows into the carried-in state beyond this window,
 // but its value is left in cache.dh_next (and dc_next) for diagnostics.
+// The cache must have been built with backward = true.
 void recurrent_backward(RecurrentCache& cache, const RecurrentWeights& w, RecurrentGrads& g,
                         const ConstMatRef& input, const ConstMatRef& d_output, MatRef* d_input,
                         int steps);

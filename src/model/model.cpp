@@ -1,10 +1,12 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
 #include "ops/softmax_cross_entropy.h"
 #include "tensor/gemm.h"
+#include "tensor/parallel.h"
 #include "util/error.h"
 
 namespace lstm {
@@ -127,16 +129,28 @@ RecurrentGrads LanguageModel::layer_grads(int layer) {
   return {params_.grad(entry(e.wx)), params_.grad(entry(e.wh)), params_.grad(entry(e.b))};
 }
 
-Workspace::Workspace(const ModelConfig& c, int batch_, int max_steps_)
-    : batch(batch_), max_steps(max_steps_) {
+Workspace::Workspace(const ModelConfig& c, int batch_, int max_steps_, WorkspaceUse use_)
+    : batch(batch_), max_steps(max_steps_), use(use_) {
   const int TB = batch * max_steps;
   const int E = c.embedding_size, H = c.hidden_size, V = c.vocab_size;
+  const bool training = use == WorkspaceUse::kTraining;
   inputs.assign(TB, 0);
   targets.assign(TB, 0);
   embedded = Matrix::Zero(E, TB);
   for (int l = 0; l < c.num_layers; ++l) {
-    layers.emplace_back(c.cell, layer_input_size(c, l), H, batch, max_steps);
+    layers.emplace_back(c.cell, layer_input_size(c, l), H, batch, max_steps, /*backward=*/training);
   }
+  logits = Matrix::Zero(V, TB);
+  column_loss = Vector::Zero(TB);
+  const bool packed = packed_products() && TB >= kPackedDecoderColumns;
+  if (packed) {
+    packed_w = PackedMatrix(training ? std::max(PackedMatrix::floats_for(V, H), PackedMatrix::floats_for(H, V))
+                                     : PackedMatrix::floats_for(V, H));
+  }
+  if (!training) return;
+
+  if (packed) packed_top = PackedMatrix(H, TB);
+
   if (c.dropout > 0.0f) {
     masks.push_back(Matrix::Zero(E, TB));
     for (int l = 0; l < c.num_layers; ++l) {
@@ -144,17 +158,18 @@ Workspace::Workspace(const ModelConfig& c, int batch_, int max_steps_)
       dropped.push_back(Matrix::Zero(H, TB));
     }
   }
-  logits = Matrix::Zero(V, TB);
   d_hidden_a = Matrix::Zero(H, TB);
   d_hidden_b = Matrix::Zero(H, TB);
   d_embedded = Matrix::Zero(E, TB);
-  column_loss = Vector::Zero(TB);
 }
 
 double model_forward(LanguageModel& model, Workspace& ws, int steps, bool training,
                      Rng* dropout_rng, LossReduction reduction) {
   const ModelConfig& c = model.config();
   const int B = ws.batch, TB = steps * B, L = c.num_layers;
+  if (training && ws.use != WorkspaceUse::kTraining) {
+    throw std::logic_error("model_forward in training mode on an evaluation workspace");
+  }
   ws.dropout_active = training && c.dropout > 0.0f;
 
   // 1. Embedding lookup (and dropout on its output).
@@ -181,23 +196,42 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
   const ConstMatRef top = ws.dropout_active ? ConstMatRef(ws.dropped[L - 1].leftCols(TB))
                                             : ConstMatRef(ws.layers[L - 1].outputs(steps));
 
-  // 3. Decoder: logits = W^T h (+ b, added inside the softmax pass), for every step in one product.
-  auto logits = ws.logits.leftCols(TB);
-  gemm(Trans::kYes, Trans::kNo, 1.0f, model.decoder_weight(), top, 0.0f, logits);
-
+  // 3. Decoder: logits = W^T h (+ b, added inside the softmax pass).
   // 4. Softmax cross-entropy; in training, dL/dlogits of the mean loss.
+  auto logits = ws.logits.leftCols(TB);
   std::optional<float> grad_scale;
   if (training) {
     grad_scale = 1.0f / static_cast<float>(reduction == LossReduction::kMean ? TB : B);
   }
-  softmax_cross_entropy(logits, model.decoder_bias().data(), ws.targets.data(), ws.column_loss.data(),
-                        grad_scale);
+  const float* bias = model.decoder_bias().data();
+  if (ws.packed_w.bytes() > 0 && TB >= kPackedDecoderColumns) {
+    // Each thread takes chunks of columns, and each chunk goes through the
+    // softmax right after its product, while its logits are still in cache.
+    // A chunk streams all of W once, so wider models take wider chunks.
+    ws.packed_w.pack(model.decoder_weight(), Trans::kYes);
+    const int threads = num_threads();
+    const int width = std::max(12, c.hidden_size / 2);
+    const int chunks = threads * ((TB + threads * width - 1) / (threads * width));
+    parallel_for(chunks, [&](Eigen::Index chunk) {
+      const int j0 = static_cast<int>(TB * chunk / chunks);
+      const int n = static_cast<int>(TB * (chunk + 1) / chunks) - j0;
+      if (n == 0) return;
+      auto block = logits.middleCols(j0, n);
+      ws.packed_w.multiply(top.middleCols(j0, n), 0.0f, block);
+      softmax_cross_entropy(block, bias, ws.targets.data() + j0, ws.column_loss.data() + j0, grad_scale,
+                            Threads::kCaller);
+    });
+  } else {
+    gemm(Trans::kYes, Trans::kNo, 1.0f, model.decoder_weight(), top, 0.0f, logits);
+    softmax_cross_entropy(logits, bias, ws.targets.data(), ws.column_loss.data(), grad_scale);
+  }
   double total = 0.0;
   for (int j = 0; j < TB; ++j) total += ws.column_loss[j];
   return total;
 }
 
 void model_backward(LanguageModel& model, Workspace& ws, int steps) {
+  if (ws.use != WorkspaceUse::kTraining) throw std::logic_error("model_backward on an evaluation workspace");
   const ModelConfig& c = model.config();
   const int TB = steps * ws.batch, L = c.num_layers;
   const auto dlogits = ws.logits.leftCols(TB);
@@ -205,11 +239,29 @@ void model_backward(LanguageModel& model, Workspace& ws, int steps) {
                                             : ConstMatRef(ws.layers[L - 1].outputs(steps));
 
   // undo 3: dW += h dlogits^T, db += sum of dlogits, dh = W dlogits.
-  gemm(Trans::kNo, Trans::kYes, 1.0f, top, dlogits, 1.0f, model.decoder_weight_grad());
-  gemv_add_row_sums(dlogits, model.decoder_bias_grad().data());
   Matrix* d_out = &ws.d_hidden_a;
   Matrix* d_in = &ws.d_hidden_b;
-  gemm(Trans::kNo, Trans::kNo, 1.0f, model.decoder_weight(), dlogits, 0.0f, d_out->leftCols(TB));
+  if (ws.packed_w.bytes() > 0 && TB >= kPackedDecoderColumns) {
+    // Each thread takes the words v0..v1 for dW (its columns of dW) and the
+    // columns j0..j1 for dh, so no element is summed across threads.
+    ws.packed_top.pack(top, Trans::kNo);
+    ws.packed_w.pack(model.decoder_weight(), Trans::kNo);
+    const int threads = num_threads();
+    const int V = c.vocab_size;
+    auto dw = model.decoder_weight_grad();
+    parallel_for(threads, [&](Eigen::Index part) {
+      const int v0 = static_cast<int>(V * part / threads);
+      const int words = static_cast<int>(V * (part + 1) / threads) - v0;
+      if (words > 0) ws.packed_top.multiply_transposed(dlogits.middleRows(v0, words), 1.0f, dw.middleCols(v0, words));
+      const int j0 = static_cast<int>(TB * part / threads);
+      const int n = static_cast<int>(TB * (part + 1) / threads) - j0;
+      if (n > 0) ws.packed_w.multiply(dlogits.middleCols(j0, n), 0.0f, d_out->middleCols(j0, n));
+    });
+  } else {
+    gemm(Trans::kNo, Trans::kYes, 1.0f, top, dlogits, 1.0f, model.decoder_weight_grad());
+    gemm(Trans::kNo, Trans::kNo, 1.0f, model.decoder_weight(), dlogits, 0.0f, d_out->leftCols(TB));
+  }
+  gemv_add_row_sums(dlogits, model.decoder_bias_grad().data());
 
   // undo 2, top layer first; dropout masks scale the gradient as they scaled the value.
   for (int l = L - 1; l >= 0; --l) {
@@ -247,7 +299,7 @@ std::size_t workspace_bytes(const Workspace& ws) {
       add(*m);
     }
   }
-  std::size_t packed = 0;
+  std::size_t packed = ws.packed_w.bytes() + ws.packed_top.bytes();
   for (const auto& c : ws.layers) {
     packed += c.recur.bytes() + c.recur_t.bytes() + c.recur_n.bytes() + c.recur_n_t.bytes();
   }

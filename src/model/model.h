@@ -61,14 +61,20 @@ class LanguageModel {
   std::vector<LayerEntries> layers_;
 };
 
+// What a workspace serves. An evaluation workspace runs the forward pass
+// without dropout only, and leaves out every buffer of the backward pass: on
+// the 2x650 model that is about 40% of its memory.
+enum class WorkspaceUse { kTraining, kEvaluation };
+
 // Activations, gradients of activations and the carried recurrent state for
 // windows of up to max_steps steps of `batch` streams. Allocated once; the
 // forward and backward passes allocate nothing.
 struct Workspace {
-  Workspace(const ModelConfig& config, int batch, int max_steps);
+  Workspace(const ModelConfig& config, int batch, int max_steps, WorkspaceUse use = WorkspaceUse::kTraining);
 
   int batch;      // B
   int max_steps;  // T max
+  WorkspaceUse use;
   std::vector<TokenId> inputs;   // T*B ids, column order t*B + b
   std::vector<TokenId> targets;  // T*B ids
   Matrix embedded;               // E x T*B: embedding lookup, dropout applied
@@ -80,7 +86,18 @@ struct Workspace {
   Matrix d_embedded;             // E x T*B
   Vector column_loss;            // T*B: loss of each scored token (nats)
   bool dropout_active = false;   // the last forward pass applied dropout
+  // The decoder's operands laid out for PackedMatrix, packed at each pass of
+  // at least kPackedDecoderColumns columns: packed_w holds W^T (V x H) for the
+  // logits in forward, then W (H x V) for dL/dh in backward; packed_top holds
+  // the top layer's output (H x T*B) for dL/dW (training workspaces only).
+  // Empty when packed_products() was off at construction or the workspace is
+  // narrower.
+  PackedMatrix packed_w, packed_top;
 };
+
+// Narrower windows (generation feeds one token at a time) leave the logits to
+// the BLAS: copying W costs about as much as 30 columns of the product.
+inline constexpr int kPackedDecoderColumns = 32;
 
 // The loss whose gradient training follows. kMean is the mean over the T*B
 // predictions of a window (PyTorch's example, the book). kSumOverTime sums over
@@ -92,7 +109,8 @@ enum class LossReduction { kMean, kSumOverTime };
 // ws.inputs and ws.targets, from the carried state in ws. Returns the summed
 // loss (nats) of the steps*B predictions. In training mode it applies dropout
 // (drawing masks from dropout_rng) and leaves dL/dlogits of the window's
-// training loss (by `reduction`) in ws.logits for backward().
+// training loss (by `reduction`) in ws.logits for backward(). Training mode
+// needs a kTraining workspace.
 double model_forward(LanguageModel& model, Workspace& ws, int steps, bool training,
                      Rng* dropout_rng, LossReduction reduction = LossReduction::kMean);
 

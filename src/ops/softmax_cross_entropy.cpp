@@ -1,32 +1,141 @@
 #include "ops/softmax_cross_entropy.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "tensor/parallel.h"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace lstm {
 
-void softmax_cross_entropy(MatRef logits, const float* bias, const TokenId* targets, float* column_loss,
+namespace {
+
+#if defined(__AVX2__) && defined(__FMA__)
+
+// exp(x) for x <= 0, 8 at a time: x = n ln2 + r with |r| <= ln2/2, so
+// exp(x) = 2^n exp(r), and exp(r) by its Taylor series to r^7/7!, whose
+// remainder is below 1e-8 relative. Inputs below -87 (exp < 1.7e-38, at the
+// bottom of float's normal range) give 0. The softmax tests hold the result
+// to a double reference.
+inline __m256 exp_nonpositive(__m256 x) {
+  const __m256 kMin = _mm256_set1_ps(-87.0f);
+  const __m256 too_small = _mm256_cmp_ps(x, kMin, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, kMin);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln 2 in two parts, so that n * ln2_hi is exact and r keeps its low bits.
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  // 2^n through the exponent bits; n >= -126 here, so 2^n is a normal float.
+  const __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 result = _mm256_mul_ps(p, _mm256_castsi256_ps(exponent));
+  return _mm256_andnot_ps(too_small, result);
+}
+
+// Loss of one column (v logits); with grad_scale, the column becomes the
+// gradient. Three passes: bias and max, exp and sum, scale.
+float column_loss_and_grad(float* z, Eigen::Index v, const float* bias, TokenId target,
                            std::optional<float> grad_scale) {
+  const Eigen::Index vectors = v / 8 * 8;
+  __m256 max8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  float max_logit = -std::numeric_limits<float>::infinity();
+  for (Eigen::Index i = 0; i < vectors; i += 8) {
+    __m256 zi = _mm256_loadu_ps(z + i);
+    if (bias != nullptr) zi = _mm256_add_ps(zi, _mm256_loadu_ps(bias + i));
+    _mm256_storeu_ps(z + i, zi);
+    max8 = _mm256_max_ps(max8, zi);
+  }
+  for (Eigen::Index i = vectors; i < v; ++i) {
+    if (bias != nullptr) z[i] += bias[i];
+    max_logit = std::max(max_logit, z[i]);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, max8);
+  for (float lane : lanes) max_logit = std::max(max_logit, lane);
+
+  const float target_logit = z[target];
+  const __m256 shift = _mm256_set1_ps(max_logit);
+  __m256 sum8 = _mm256_setzero_ps();
+  alignas(32) float tail[8] = {};
+  const Eigen::Index rest = v - vectors;
+  for (Eigen::Index i = 0; i < rest; ++i) tail[i] = z[vectors + i] - max_logit;
+  for (int i = static_cast<int>(rest); i < 8; ++i) tail[i] = -std::numeric_limits<float>::infinity();
+  for (Eigen::Index i = 0; i < vectors; i += 8) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(z + i), shift));
+    if (grad_scale) _mm256_storeu_ps(z + i, e);
+    sum8 = _mm256_add_ps(sum8, e);
+  }
+  const __m256 tail_exp = exp_nonpositive(_mm256_load_ps(tail));
+  sum8 = _mm256_add_ps(sum8, tail_exp);
+  _mm256_store_ps(lanes, sum8);
+  float sum = 0.0f;
+  for (float lane : lanes) sum += lane;
+
+  if (grad_scale) {
+    _mm256_store_ps(tail, tail_exp);
+    for (Eigen::Index i = 0; i < rest; ++i) z[vectors + i] = tail[i];
+    const float scale = *grad_scale / sum;
+    const __m256 scale8 = _mm256_set1_ps(scale);
+    for (Eigen::Index i = 0; i < vectors; i += 8) {
+      _mm256_storeu_ps(z + i, _mm256_mul_ps(_mm256_loadu_ps(z + i), scale8));
+    }
+    for (Eigen::Index i = vectors; i < v; ++i) z[i] *= scale;
+    z[target] -= *grad_scale;
+  }
+  // (max - target) first: exact for large logits, where max + log(sum) would round.
+  return std::log(sum) + (max_logit - target_logit);
+}
+
+#else
+
+// Loss of one column (v logits); with grad_scale, the column becomes the gradient.
+float column_loss_and_grad(float* column, Eigen::Index v, const float* bias, TokenId target,
+                           std::optional<float> grad_scale) {
+  auto z = Eigen::Map<Eigen::ArrayXf>(column, v);
+  if (bias != nullptr) z += Eigen::Map<const Eigen::ArrayXf>(bias, v);
+  const float max_logit = z.maxCoeff();
+  const float target_logit = z(target);
+  float sum = 0.0f;
+  if (grad_scale) {
+    z = (z - max_logit).exp();
+    sum = z.sum();
+    z *= *grad_scale / sum;
+    z(target) -= *grad_scale;
+  } else {
+    sum = (z - max_logit).exp().sum();
+  }
+  // (max - target) first: exact for large logits, where max + log(sum) would round.
+  return std::log(sum) + (max_logit - target_logit);
+}
+
+#endif
+
+}  // namespace
+
+void softmax_cross_entropy(MatRef logits, const float* bias, const TokenId* targets, float* column_loss,
+                           std::optional<float> grad_scale, Threads threads) {
   const Eigen::Index n = logits.cols();
   const Eigen::Index v = logits.rows();
-  parallel_for(n, [&](Eigen::Index j) {
-    auto z = logits.col(j).array();
-    if (bias != nullptr) z += Eigen::Map<const Eigen::ArrayXf>(bias, v);
-    const float max_logit = z.maxCoeff();
-    const float target_logit = z(targets[j]);
-    if (grad_scale) {
-      z = (z - max_logit).exp();
-      const float sum = z.sum();
-      z *= *grad_scale / sum;
-      z(targets[j]) -= *grad_scale;
-      column_loss[j] = std::log(sum) + (max_logit - target_logit);
-    } else {
-      const float sum = (z - max_logit).exp().sum();
-      // (max - target) first: exact for large logits, where max + log(sum) would round.
-      column_loss[j] = std::log(sum) + (max_logit - target_logit);
-    }
-  });
+  auto column = [&](Eigen::Index j) {
+    column_loss[j] = column_loss_and_grad(logits.col(j).data(), v, bias, targets[j], grad_scale);
+  };
+  if (threads == Threads::kAll) {
+    parallel_for(n, column);
+  } else {
+    for (Eigen::Index j = 0; j < n; ++j) column(j);
+  }
 }
 
 }  // namespace lstm

@@ -1,5 +1,6 @@
 #pragma once
-// A constant matrix laid out for many products with narrow right-hand sides.
+// A matrix laid out once for many products, or for one product whose other
+// operand is tall and narrow.
 //
 // The recurrent product of a window, Wh (G x H) times h_{t-1} (H x B), has
 // few columns (the streams one thread handles) and runs once per step with
@@ -7,14 +8,20 @@
 // and with B of 5 to 20 that copy is a large share of the call. On one core of
 // the development machine, the 2x650 model's step shapes ran at 83 to 90 GFLOP/s
 // here and at 20 to 65 through OpenBLAS (`lstm-bench` prints both).
-// PackedMatrix copies op(A) once per window into panels of kPanelRows rows,
-// each stored k-major (for every k, the panel's kPanelRows values are
-// contiguous), and multiply() streams each panel once per call with a
+// The decoder's products (logits = W^T h, dh = W dlogits, dW = h dlogits^T)
+// have V = 10000 on one side and a small H on another. There OpenBLAS spends
+// much of its time copying and zeroing the V x T*B logits, and this layout
+// lets each thread take its own columns of the logits or rows of dW.
+//
+// PackedMatrix copies op(A) into panels of kPanelRows rows, each stored
+// k-major (for every k, the panel's kPanelRows values are contiguous), and
+// multiply() streams the panels past tiles of up to 6 columns of b with a
 // register-blocked kernel.
 //
-// Every output element is one sum over k in increasing order, whatever the
-// number of columns or how the caller splits them, so results do not depend
-// on the thread count.
+// Every output element is a sum over k in increasing order, in slices of at
+// most 512 k that depend only on the shape of op(A), whatever the number of
+// columns or how the caller splits them, so results do not depend on the
+// thread count.
 
 #include <vector>
 
@@ -28,10 +35,15 @@ class PackedMatrix {
   static constexpr int kPanelRows = 16;
 
   PackedMatrix() = default;
-  // Reserves room for a rows x cols operand, so that pack() allocates nothing.
-  PackedMatrix(int rows, int cols);
+  // Reserves room for a rows x max_cols operand, so that pack() allocates nothing.
+  PackedMatrix(int rows, int max_cols);
+  // Reserves room for `floats` floats: any operand with floats_for(rows,
+  // cols) <= floats fits, whatever its shape.
+  explicit PackedMatrix(std::size_t floats);
+  static std::size_t floats_for(int rows, int cols);
 
-  // Copies op(a) (rows x cols) into the panels. Runs on every thread.
+  // Copies op(a) into the panels; op(a) may have any shape that fits the
+  // room reserved. Runs on every thread.
   void pack(const ConstMatRef& a, Trans trans);
 
   // c = op(a) * b + beta * c, where b is cols x n and c is rows x n. beta is
@@ -39,26 +51,36 @@ class PackedMatrix {
   // several threads may each multiply their own column range of b and c.
   void multiply(const ConstMatRef& b, float beta, MatRef c) const;
 
+  // The same with b given as its transpose bt (n x cols), whose rows are
+  // contiguous: dW = h dlogits^T of the decoder reads dlogits this way.
+  void multiply_transposed(const ConstMatRef& bt, float beta, MatRef c) const;
+
   int rows() const { return rows_; }
   int cols() const { return cols_; }
   std::size_t bytes() const { return data_.size() * sizeof(float); }
 
  private:
+  template <bool kTransB>
+  void run(const float* b, Eigen::Index ldb, int n, float beta, MatRef c) const;
+
+  // Shape of the last pack(), or the reserved one before the first.
   int rows_ = 0;
   int cols_ = 0;
   int panels_ = 0;
-  std::vector<float> data_;  // panels_ * cols_ * kPanelRows, zero-padded rows
+  std::vector<float> data_;  // panels_ * cols_ * kPanelRows of it in use
 };
 
 // True when multiply() runs the AVX2/FMA kernel, which is faster than the
-// BLAS product for the recurrent step. Without it (a portable build) the
-// layers keep calling gemm() and multiply() is a plain loop kept for tests.
+// BLAS product for the recurrent step and the decoder's logits. Without it (a
+// portable build) the model keeps calling gemm() and multiply() is a plain
+// loop kept for tests.
 bool packed_kernel_available();
 
-// Whether recurrent layers built from now on use PackedMatrix for their
-// per-step products: packed_kernel_available() unless turned off here
-// (lstm-bench does, to time the BLAS path in the same process).
-void set_packed_recurrence(bool enabled);
-bool packed_recurrence();
+// Whether workspaces built from now on use PackedMatrix for the per-step
+// recurrent products and the decoder's logits: packed_kernel_available()
+// unless turned off here (lstm-bench does, to time the BLAS path in the same
+// process).
+void set_packed_products(bool enabled);
+bool packed_products();
 
 }  // namespace lstm

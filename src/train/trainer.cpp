@@ -129,7 +129,7 @@ Training::Training(const TrainOptions& options) : options_(options), s_(options.
   model_ = std::make_unique<LanguageModel>(s_.model);
   optimizer_ = std::make_unique<Optimizer>(s_.train, model_->params().total_size());
   train_ws_ = std::make_unique<Workspace>(s_.model, s_.train.batch_size, s_.train.bptt);
-  eval_ws_ = std::make_unique<Workspace>(s_.model, s_.eval.batch_size, s_.eval.bptt);
+  eval_ws_ = std::make_unique<Workspace>(s_.model, s_.eval.batch_size, s_.eval.bptt, WorkspaceUse::kEvaluation);
   if (resumed_) {
     if (resumed_->model->params().total_size() != model_->params().total_size()) {
       throw CheckpointError("checkpoint " + resumed_->path.string() + " does not match the model of its config");
@@ -438,7 +438,7 @@ void Training::finish(bool stopped_early) {
   }
   // Test the best checkpoint as stored, so lstm-eval on it reproduces this number.
   LoadedCheckpoint best = load_checkpoint(best_path_);
-  Workspace test_ws(best.settings.model, s_.eval.batch_size, s_.eval.bptt);
+  Workspace test_ws(best.settings.model, s_.eval.batch_size, s_.eval.bptt, WorkspaceUse::kEvaluation);
   const EvalResult test = evaluate(*best.model, test_ws, corpus_.test.ids);
   spdlog::info("{:=^78}", "");
   spdlog::info("| end of training | test ppl {:9.2f} (best checkpoint, valid ppl {:.2f}) |", test.perplexity(),
