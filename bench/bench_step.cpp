@@ -51,7 +51,7 @@ double matrix_flops_per_token(const ModelConfig& c, bool training) {
 
 // The practical peak: a 1024^3 single-precision product through the build's
 // backend. The bench measures it again right after every timed step, so that a
-// step and the peak it is divided by see the same machine; on a shared machine
+// step and the peak it is divided by see the same machine. On a shared machine
 // the peak itself moves by a third from minute to minute.
 class PeakProbe {
  public:
@@ -151,6 +151,7 @@ DecoderRates time_decoder_products(int hidden, int vocab, int columns, int repea
     result.logits = rate([&] { gemm(Trans::kYes, Trans::kNo, 1.0f, w, h, 0.0f, logits); });
     return result;
   }
+
   PackedMatrix packed_w(std::max(PackedMatrix::floats_for(vocab, hidden), PackedMatrix::floats_for(hidden, vocab)));
   PackedMatrix packed_h(hidden, columns);
   const int threads = num_threads();

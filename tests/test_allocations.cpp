@@ -294,7 +294,7 @@ TEST_P(StepLoop, EvaluationWindowsAllocateNothing) {
   LanguageModel model(config_);
   Rng init_rng(4);
   model.initialize(init_rng);
-  Workspace ws(config_, kBatch, kBptt);
+  Workspace ws(config_, kBatch, kBptt, WorkspaceUse::kEvaluation);
   const StreamBatcher batcher(&ids_, kBatch);
 
   std::int64_t position = 0;

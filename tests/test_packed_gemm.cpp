@@ -108,7 +108,7 @@ TEST(PackedProduct, ColumnSplitKeepsEveryBit) {
 }
 
 TEST(PackedProduct, OneBufferServesSeveralShapes) {
-  // The decoder packs W^T for forward and W for backward into one buffer; a
+  // The decoder packs W^T for forward and W for backward into one buffer. A
   // deeper operand after a shallower one must not see the old layout.
   Rng rng(13);
   Matrix w(23, 70), b_forward(23, 6), b_backward(70, 6);

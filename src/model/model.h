@@ -61,9 +61,9 @@ class LanguageModel {
   std::vector<LayerEntries> layers_;
 };
 
-// What a workspace serves. An evaluation workspace runs the forward pass
-// without dropout only, and leaves out every buffer of the backward pass: on
-// the 2x650 model that is about 40% of its memory.
+// What a workspace serves. An evaluation workspace runs only the forward pass
+// without dropout, so it leaves out every buffer of the backward pass (27 MiB
+// of the 2x650 model's workspace for 10 streams of 35 steps).
 enum class WorkspaceUse { kTraining, kEvaluation };
 
 // Activations, gradients of activations and the carried recurrent state for

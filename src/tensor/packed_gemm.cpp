@@ -22,7 +22,7 @@ constexpr int kMaxTile = 6;
 // Bytes of panels multiply() keeps in cache while the column tiles pass over
 // them: a quarter of the 512 KiB L2 of the development machine's cores.
 constexpr std::size_t kBlockBytes = 128 * 1024;
-// Longest run of k one kernel call sums: a panel's slice of it is 32 KiB. Each
+// Maximum run of k that one kernel call sums: a panel's slice of it is 32 KiB. Each
 // output element is the sum of its slices, added in order of k.
 constexpr int kDepthBlock = 512;
 // Bytes of all panels' slices multiply_transposed() keeps in L2.

@@ -19,9 +19,9 @@
 // register-blocked kernel.
 //
 // Every output element is a sum over k in increasing order, in slices of at
-// most 512 k that depend only on the shape of op(A), whatever the number of
-// columns or how the caller splits them, so results do not depend on the
-// thread count.
+// most 512 k that depend only on the shape of op(A). Neither the number of
+// columns nor how the caller splits them changes it, so results do not depend
+// on the thread count.
 
 #include <vector>
 
@@ -71,13 +71,13 @@ class PackedMatrix {
 };
 
 // True when multiply() runs the AVX2/FMA kernel, which is faster than the
-// BLAS product for the recurrent step and the decoder's logits. Without it (a
+// BLAS product for the recurrent step and the decoder's products. Without it (a
 // portable build) the model keeps calling gemm() and multiply() is a plain
 // loop kept for tests.
 bool packed_kernel_available();
 
 // Whether workspaces built from now on use PackedMatrix for the per-step
-// recurrent products and the decoder's logits: packed_kernel_available()
+// recurrent products and the decoder's products: packed_kernel_available()
 // unless turned off here (lstm-bench does, to time the BLAS path in the same
 // process).
 void set_packed_products(bool enabled);
