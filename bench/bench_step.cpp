@@ -289,18 +289,20 @@ int main(int argc, char** argv) {
   bool as_json = false, sweep = false, blas_products = false;
   app.add_option("--config", config_path, "JSON config whose model, batch and bptt are timed");
   app.add_option("--set", overrides, "override a config key, KEY=VALUE (repeatable)");
-  app.add_option("--threads", threads, "threads (default: all cores)");
-  app.add_option("--vocab", vocab, "vocabulary size V of the synthetic ids (default: 10000)");
-  app.add_option("--steps", steps, "timed steps; the median is reported (default: 20)");
-  app.add_option("--warmup", warmup, "untimed steps first (default: 5)");
+  add_threads_option(app, threads);
+  app.add_option("--vocab", vocab, "vocabulary size V of the synthetic ids (default: 10000)")
+      ->check(CLI::Range(2, 1 << 24));
+  app.add_option("--steps", steps, "timed steps, at least 1; the median is reported (default: 20)")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--warmup", warmup, "untimed steps first (default: 5)")->check(CLI::Range(0, 100000));
   app.add_flag("--json", as_json, "print one JSON object");
   app.add_flag("--sweep", sweep, "sweep hidden size 100/200/650/1500 and batch size 1/20/64 (LSTM, E = H)");
   app.add_flag("--blas-products", blas_products,
-               "run the per-step recurrent products and the decoder's logits through the BLAS instead of the "
-               "packed kernel, for comparison");
-  CLI11_PARSE(app, argc, argv);
+               "run the recurrent step products and the decoder's three products through the BLAS instead of "
+               "the packed kernel, for comparison");
+  if (const int code = parse_command_line(app, argc, argv); code >= 0) return code;
 
-  try {
+  return run_reporting_errors([&]() -> int {
     set_num_threads(threads);
     set_packed_products(!blas_products);
     PeakProbe probe;
@@ -374,9 +376,9 @@ int main(int argc, char** argv) {
                                   {"eval_fraction_of_bound", times.eval_fraction},
                                   {"decoder_product_gflops",
                                    {{"logits", decoder.logits},
-                                    {"weight_grad", decoder.weight_grad},
-                                    {"input_grad", decoder.input_grad},
-                                    {"peak", decoder_peak}}},
+                                    {"dw", decoder.weight_grad},
+                                    {"dh", decoder.input_grad},
+                                    {"sgemm_after", decoder_peak}}},
                                   {"parameter_bytes", times.parameter_bytes},
                                   {"gradient_bytes", times.gradient_bytes},
                                   {"optimizer_bytes", times.optimizer_bytes},
@@ -406,10 +408,11 @@ int main(int argc, char** argv) {
                   gates, s.model.hidden_size, per_thread, forward.packed, forward.blas, s.model.hidden_size, gates,
                   per_thread, backward.packed, backward.blas, gates, s.model.hidden_size, eval_per_thread,
                   eval_forward.packed, eval_forward.blas);
-      std::printf("decoder products  GFLOP/s on %d threads, then sgemm 1024^3: logits %dx%dx%d %.1f, "
-                  "dW %dx%dx%d %.1f, dh %dx%dx%d %.1f; sgemm %.1f\n",
-                  num_threads(), vocab, s.model.hidden_size, columns, decoder.logits, s.model.hidden_size, columns,
-                  vocab, decoder.weight_grad, s.model.hidden_size, vocab, columns, decoder.input_grad, decoder_peak);
+      std::printf("decoder products  GFLOP/s, %s, %d threads: logits %dx%dx%d %.1f, dW %dx%dx%d %.1f, "
+                  "dh %dx%dx%d %.1f; sgemm 1024^3 right after %.1f\n",
+                  packed_products() ? "packed" : "blas", num_threads(), vocab, s.model.hidden_size, columns,
+                  decoder.logits, s.model.hidden_size, columns, vocab, decoder.weight_grad, s.model.hidden_size,
+                  vocab, columns, decoder.input_grad, decoder_peak);
       const double mb = 1024.0 * 1024.0;
       std::printf("memory (MiB)      parameters %.1f, gradients %.1f, optimizer %.1f, train activations %.1f, "
                   "eval activations %.1f; peak RSS %.1f\n",
@@ -417,8 +420,5 @@ int main(int argc, char** argv) {
                   times.train_activation_bytes / mb, times.eval_activation_bytes / mb, peak_rss_bytes() / mb);
     }
     return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
+  });
 }

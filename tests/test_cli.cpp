@@ -12,6 +12,7 @@
 #include <regex>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config/settings.h"
@@ -34,6 +35,7 @@ using namespace lstm::test;
 const fs::path kSourceDir = LSTM_SOURCE_DIR;
 const fs::path kTrain = fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-train";
 const fs::path kEval = fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-eval";
+const fs::path kBench = fs::path(LSTM_BINARY_DIR) / "bin" / "lstm-bench";
 
 // Every file and folder under root: folders by name, files by size, mtime
 // and contents.
@@ -320,6 +322,29 @@ TEST_F(CliBadInput, EvalBadMagic) {
 TEST_F(CliBadInput, EvalWordOutsideVocabulary) {
   const Outcome o = expect_failure(kEval, {"--checkpoint", old_run_.string(), "--data", path("oov.txt")}, 1);
   EXPECT_TRUE(contains(o.err, "\"zyzzyva\"")) << o.err;
+}
+
+TEST_F(CliBadInput, UnknownOption) {
+  const Outcome o = train_failure({"--bogus"}, 2);
+  EXPECT_TRUE(contains(o.err, "--bogus")) << o.err;
+}
+
+TEST_F(CliBadInput, EvalThreadsOutOfRange) {
+  const Outcome o = expect_failure(kEval, {"--checkpoint", old_run_.string(), "--threads", "-1"}, 2);
+  EXPECT_TRUE(contains(o.err, "--threads")) << o.err;
+  EXPECT_TRUE(contains(o.err, "-1")) << o.err;
+}
+
+TEST_F(CliBadInput, BenchNumbersOutOfRange) {
+  if (!fs::exists(kBench)) GTEST_SKIP() << kBench << " is not built (LSTM_BUILD_BENCH=OFF)";
+  const std::pair<std::string, std::string> cases[] = {
+      {"--steps", "0"}, {"--steps", "-3"}, {"--vocab", "0"}, {"--warmup", "-1"}, {"--threads", "2000"}};
+  for (const auto& [option, value] : cases) {
+    SCOPED_TRACE(option + " " + value);
+    const Outcome o = expect_failure(kBench, {"--config", good_config_.string(), option, value}, 2);
+    EXPECT_TRUE(contains(o.err, option)) << o.err;
+    EXPECT_TRUE(contains(o.err, value)) << o.err;
+  }
 }
 
 TEST_F(CliBadInput, EvalGoodCheckpointWorks) {

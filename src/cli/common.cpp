@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -28,6 +29,25 @@ void prefer_passive_openmp_wait(char** argv) {
 
 void add_version_flag(CLI::App& app) {
   app.set_version_flag("--version", std::string("lstm-lm ") + kVersion + " (git " + kGitCommit + ")");
+}
+
+CLI::Option* add_threads_option(CLI::App& app, int& threads) {
+  return app.add_option("--threads", threads, "threads, 0 to 1024 (default: 0, every core)")
+      ->check(CLI::Range(0, 1024));
+}
+
+int parse_command_line(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+    return -1;
+  } catch (const CLI::Success& e) {
+    return app.exit(e);  // --help or --version: prints, and returns 0
+  } catch (const CLI::ParseError& e) {
+    std::string message = e.what();
+    std::replace(message.begin(), message.end(), '\n', ' ');
+    std::fprintf(stderr, "error: %s (run with --help for the options)\n", message.c_str());
+    return 2;
+  }
 }
 
 int run_reporting_errors(const std::function<int()>& body) {

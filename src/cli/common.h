@@ -16,6 +16,15 @@ void prefer_passive_openmp_wait(char** argv);
 // Adds --version, printing the version and the git commit of the build.
 void add_version_flag(CLI::App& app);
 
+// Adds --threads: 0 (the default) means every core, at most 1024 as for
+// train.threads.
+CLI::Option* add_threads_option(CLI::App& app, int& threads);
+
+// Parses the command line into app. Returns -1 when the program should go
+// on, else its exit code: 0 after --help or --version, 2 after an invalid
+// option, which is reported as one "error:" line on stderr.
+int parse_command_line(CLI::App& app, int argc, char** argv);
+
 // Runs body; reports a thrown error as one line and returns the exit code:
 // 2 for invalid config or arguments, 1 for any other failure.
 int run_reporting_errors(const std::function<int()>& body);

@@ -26,9 +26,9 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--bptt", bptt, "window length in steps; does not change the result (default: eval.bptt)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  lstm::add_threads_option(app, threads);
   app.add_flag("--json", as_json, "print one JSON object: perplexity, loss (nats per token), tokens");
-  CLI11_PARSE(app, argc, argv);
+  if (const int code = lstm::parse_command_line(app, argc, argv); code >= 0) return code;
 
   return lstm::run_reporting_errors([&]() -> int {
     lstm::set_num_threads(threads);

@@ -37,8 +37,8 @@ int main(int argc, char** argv) {
                  "instead of sampling, print each line's log-probability (natural log, over its words "
                  "and its <eos>) and token count, then the perplexity of the whole file")
       ->excludes(prompt_option, words_option, temperature_option, top_k_option, seed_option);
-  app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  CLI11_PARSE(app, argc, argv);
+  lstm::add_threads_option(app, threads);
+  if (const int code = lstm::parse_command_line(app, argc, argv); code >= 0) return code;
 
   return lstm::run_reporting_errors([&]() -> int {
     lstm::set_num_threads(threads);

@@ -93,8 +93,8 @@ int main(int argc, char** argv) {
                  "the LSTM_PYTHON environment variable picks the interpreter, default python3); the CSV "
                  "goes to --csv, else next to the PNG with the extension .csv");
   app.add_option("--label", label, "name of the curves in the CSV and the plot (default: the cell name)");
-  app.add_option("--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  CLI11_PARSE(app, argc, argv);
+  lstm::add_threads_option(app, threads);
+  if (const int code = lstm::parse_command_line(app, argc, argv); code >= 0) return code;
 
   return lstm::run_reporting_errors([&]() -> int {
     if (checkpoint.empty() && config_path.empty()) {

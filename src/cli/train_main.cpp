@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--progress", progress,
                  "progress bar: auto (when stdout is a terminal), on or off (default: auto)")
       ->check(CLI::IsMember({"auto", "on", "off"}));
-  CLI11_PARSE(app, argc, argv);
+  if (const int code = lstm::parse_command_line(app, argc, argv); code >= 0) return code;
 
   return lstm::run_reporting_errors([&]() -> int {
     lstm::TrainOptions options;

@@ -242,8 +242,8 @@ void model_backward(LanguageModel& model, Workspace& ws, int steps) {
   Matrix* d_out = &ws.d_hidden_a;
   Matrix* d_in = &ws.d_hidden_b;
   if (ws.packed_w.bytes() > 0 && TB >= kPackedDecoderColumns) {
-    // Each thread takes the words v0..v1 for dW (its columns of dW) and the
-    // columns j0..j1 for dh, so no element is summed across threads.
+    // Each thread takes a range of words for dW (its columns of dW) and a
+    // range of columns for dh, so no element is summed across threads.
     ws.packed_top.pack(top, Trans::kNo);
     ws.packed_w.pack(model.decoder_weight(), Trans::kNo);
     const int threads = num_threads();
@@ -252,7 +252,9 @@ void model_backward(LanguageModel& model, Workspace& ws, int steps) {
     parallel_for(threads, [&](Eigen::Index part) {
       const int v0 = static_cast<int>(V * part / threads);
       const int words = static_cast<int>(V * (part + 1) / threads) - v0;
-      if (words > 0) ws.packed_top.multiply_transposed(dlogits.middleRows(v0, words), 1.0f, dw.middleCols(v0, words));
+      if (words > 0) {
+        ws.packed_top.multiply_transposed(dlogits.middleRows(v0, words), 1.0f, dw.middleCols(v0, words));
+      }
       const int j0 = static_cast<int>(TB * part / threads);
       const int n = static_cast<int>(TB * (part + 1) / threads) - j0;
       if (n > 0) ws.packed_w.multiply(dlogits.middleCols(j0, n), 0.0f, d_out->middleCols(j0, n));
