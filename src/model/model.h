@@ -61,7 +61,7 @@ class LanguageModel {
   std::vector<LayerEntries> layers_;
 };
 
-// What a workspace serves. An evaluation workspace runs only the forward pass
+// The use of a workspace. An evaluation workspace runs only the forward pass
 // without dropout, so it leaves out every buffer of the backward pass (27 MiB
 // of the 2x650 model's workspace for 10 streams of 35 steps).
 enum class WorkspaceUse { kTraining, kEvaluation };
@@ -87,9 +87,9 @@ struct Workspace {
   Vector column_loss;            // T*B: loss of each scored token (nats)
   bool dropout_active = false;   // the last forward pass applied dropout
   // The decoder's operands laid out for PackedMatrix, packed at each pass of
-  // at least kPackedDecoderColumns columns: packed_w holds W^T (V x H) for the
-  // logits in forward, then W (H x V) for dL/dh in backward; packed_top holds
-  // the top layer's output (H x T*B) for dL/dW (training workspaces only).
+  // at least kPackedDecoderColumns columns. packed_w contains W^T (V x H) for
+  // the logits in forward, then W (H x V) for dL/dh in backward. packed_top
+  // contains the top layer's output (H x T*B) for dL/dW (training workspaces only).
   // Empty when packed_products() was off at construction or the workspace is
   // narrower.
   PackedMatrix packed_w, packed_top;

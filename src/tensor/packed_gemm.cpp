@@ -155,7 +155,7 @@ void PackedMatrix::pack(const ConstMatRef& a, Trans trans) {
   // Rows past the end of the last panel keep whatever they held: the kernels
   // compute them in registers and store_column() drops them.
   if (transposed) {
-    // Panel p holds columns first..first+15 of a, next to each other in memory.
+    // Panel p contains columns first..first+15 of a, next to each other in memory.
     parallel_for(panels_, [&](Eigen::Index p) {
       const int first = static_cast<int>(p) * kRows;
       const int valid = std::min(kRows, rows_ - first);
