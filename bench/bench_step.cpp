@@ -36,6 +36,20 @@ double median(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Median GFLOP/s of `repeats` calls of product, which does `flops` each,
+// after one untimed call.
+template <typename Product>
+double median_gflops(double flops, int repeats, const Product& product) {
+  product();
+  std::vector<double> rates;
+  for (int r = 0; r < repeats; ++r) {
+    const auto start = Clock::now();
+    product();
+    rates.push_back(flops / std::chrono::duration<double>(Clock::now() - start).count() / 1e9);
+  }
+  return median(rates);
+}
+
 // Floating-point operations of the matrix products per token: each product
 // of (m x k) by (k x n) counts 2mkn. Training runs every product three times
 // (forward, and the two gradients of backward), evaluation once.
@@ -100,16 +114,7 @@ ProductRates time_recurrent_product(int rows, int depth, int cols, Trans trans, 
   PackedMatrix packed(rows, depth);
   packed.pack(wh, trans);
   const double flops = 2.0 * rows * depth * cols;
-  auto rate = [&](const auto& product) {
-    product();  // warm-up
-    std::vector<double> rates;
-    for (int r = 0; r < repeats; ++r) {
-      const auto start = Clock::now();
-      product();
-      rates.push_back(flops / std::chrono::duration<double>(Clock::now() - start).count() / 1e9);
-    }
-    return median(rates);
-  };
+  auto rate = [&](const auto& product) { return median_gflops(flops, repeats, product); };
   ProductRates result;
   const int threads = num_threads();
   set_num_threads(1);
@@ -134,16 +139,7 @@ DecoderRates time_decoder_products(int hidden, int vocab, int columns, int repea
   const Matrix w = Matrix::Random(hidden, vocab), h = Matrix::Random(hidden, columns);
   Matrix logits = Matrix::Random(vocab, columns), dw = Matrix::Zero(hidden, vocab), dh(hidden, columns);
   const double flops = 2.0 * hidden * vocab * columns;
-  auto rate = [&](const auto& product) {
-    product();  // warm-up
-    std::vector<double> rates;
-    for (int r = 0; r < repeats; ++r) {
-      const auto start = Clock::now();
-      product();
-      rates.push_back(flops / std::chrono::duration<double>(Clock::now() - start).count() / 1e9);
-    }
-    return median(rates);
-  };
+  auto rate = [&](const auto& product) { return median_gflops(flops, repeats, product); };
   DecoderRates result;
   if (!packed_products()) {
     result.weight_grad = rate([&] { gemm(Trans::kNo, Trans::kYes, 1.0f, h, logits, 1.0f, dw); });

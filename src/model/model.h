@@ -95,8 +95,9 @@ struct Workspace {
   PackedMatrix packed_w, packed_top;
 };
 
-// Narrower windows (generation feeds one token at a time) leave the logits to
-// the BLAS: copying W costs about as much as 30 columns of the product.
+// Narrower windows (generation feeds one token at a time) leave the decoder to
+// the BLAS, because copying W costs about as much as 25 to 35 columns of the
+// product (measured at H = 100 and 650, V = 10000).
 inline constexpr int kPackedDecoderColumns = 32;
 
 // The loss whose gradient training follows. kMean is the mean over the T*B

@@ -44,8 +44,8 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_andnot_ps(too_small, result);
 }
 
-// Loss of one column (v logits); with grad_scale, the column becomes the
-// gradient. Three passes: bias and max, exp and sum, scale.
+// Returns the loss of one column of v logits. With grad_scale, the column
+// becomes the gradient. Three passes: bias and max, exp and sum, scale.
 float column_loss_and_grad(float* z, Eigen::Index v, const float* bias, TokenId target,
                            std::optional<float> grad_scale) {
   const Eigen::Index vectors = v / 8 * 8;
@@ -100,7 +100,8 @@ float column_loss_and_grad(float* z, Eigen::Index v, const float* bias, TokenId 
 
 #else
 
-// Loss of one column (v logits); with grad_scale, the column becomes the gradient.
+// Returns the loss of one column of v logits. With grad_scale, the column
+// becomes the gradient.
 float column_loss_and_grad(float* column, Eigen::Index v, const float* bias, TokenId target,
                            std::optional<float> grad_scale) {
   auto z = Eigen::Map<Eigen::ArrayXf>(column, v);

@@ -183,6 +183,7 @@ void PackedMatrix::pack(const ConstMatRef& a, Trans trans) {
 template <bool kTransB>
 void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatRef c) const {
   assert(beta == 0.0f || beta == 1.0f);
+  if (n == 0 || panels_ == 0) return;  // c has no element
   // Tiles of nearly equal width: a narrow last tile would have too few
   // independent accumulators to hide the latency of its FMAs.
   const int tiles = (n + kMaxTile - 1) / kMaxTile;

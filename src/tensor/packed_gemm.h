@@ -9,9 +9,9 @@
 // the development machine, the 2x650 model's step shapes ran at 83 to 90 GFLOP/s
 // here and at 20 to 65 through OpenBLAS (`lstm-bench` prints both).
 // The decoder's products (logits = W^T h, dh = W dlogits, dW = h dlogits^T)
-// have V = 10000 on one side and a small H on another. There OpenBLAS spends
-// much of its time copying and zeroing the V x T*B logits, and this layout
-// lets each thread take its own columns of the logits or rows of dW.
+// have V = 10000 on one side and a small H on another. There OpenBLAS copies
+// its operands and zeroes the V x T*B logits at every call, while this layout
+// lets each thread take its own columns of the logits and of dW.
 //
 // PackedMatrix copies op(A) into panels of kPanelRows rows, each stored
 // k-major (for every k, the panel's kPanelRows values are contiguous), and
@@ -42,7 +42,7 @@ class PackedMatrix {
   explicit PackedMatrix(std::size_t floats);
   static std::size_t floats_for(int rows, int cols);
 
-  // Copies op(a) into the panels; op(a) may have any shape that fits the
+  // Copies op(a) into the panels. op(a) may have any shape that fits the
   // room reserved. Runs on every thread.
   void pack(const ConstMatRef& a, Trans trans);
 
