@@ -3,9 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -13,6 +15,7 @@
 #include "data/batcher.h"
 #include "model/model.h"
 #include "ops/softmax_cross_entropy.h"
+#include "tensor/packed_gemm.h"
 #include "test_support.h"
 #include "train/evaluate.h"
 #include "train/optimizer.h"
@@ -162,6 +165,31 @@ TEST(SoftmaxCrossEntropy, BiasAddedToEveryColumn) {
   }
   EXPECT_LE((logits - unbiased_gradient).cwiseAbs().maxCoeff(), kAbsTol)
       << "the gradient with a bias differs from the gradient of the pre-biased logits";
+}
+
+// Maxima handed over by the product's epilogue (PackedMatrix::multiply_logits)
+// replace the softmax's own pass for them and change no bit of the result.
+TEST(SoftmaxCrossEntropy, GivenColumnMaximaGiveTheSameBits) {
+  constexpr int kVocab = 1003, kColumns = 6, kLanes = PackedMatrix::kMaxLanes;
+  Rng rng(23);
+  Matrix logits(kVocab, kColumns);
+  fill_uniform(logits, rng, 8.0f);
+  const auto targets = random_ids(kColumns, kVocab, rng);
+  // Each column's maximum sits in a different lane, the rest below it.
+  std::vector<float> lanes(static_cast<std::size_t>(kColumns) * kLanes);
+  for (int j = 0; j < kColumns; ++j) {
+    for (int l = 0; l < kLanes; ++l) lanes[j * kLanes + l] = logits.col(j).minCoeff() - static_cast<float>(l);
+    lanes[j * kLanes + j % kLanes] = logits.col(j).maxCoeff();
+  }
+  for (const std::optional<float> scale : {std::optional<float>(), std::optional<float>(0.25f)}) {
+    Matrix own = logits, given = logits;
+    std::vector<float> own_losses(kColumns), given_losses(kColumns);
+    softmax_cross_entropy(own, nullptr, targets.data(), own_losses.data(), scale);
+    softmax_cross_entropy(given, nullptr, targets.data(), given_losses.data(), scale, Threads::kAll, lanes.data());
+    EXPECT_EQ(given_losses, own_losses) << (scale ? "training" : "evaluation");
+    EXPECT_EQ(std::memcmp(given.data(), own.data(), sizeof(float) * own.size()), 0)
+        << (scale ? "training" : "evaluation");
+  }
 }
 
 TEST(SoftmaxCrossEntropy, HugeLogitsStayFinite) {
@@ -333,6 +361,28 @@ TEST_P(EvaluationWorkspace, SameLossesInLessMemoryAndNoBackward) {
   EXPECT_THROW(model_forward(model, eval_ws, kBptt, /*training=*/true, &rng), std::logic_error);
   model_forward(model, eval_ws, kBptt, /*training=*/false, nullptr);
   EXPECT_THROW(model_backward(model, eval_ws, kBptt), std::logic_error);
+}
+
+// An evaluation workspace packs the weights once per pass, and evaluate()
+// starts each pass with reset_state(). So a pass after the weights changed
+// must see the new weights, as a fresh workspace does.
+TEST_P(EvaluationWorkspace, PassAfterWeightChangeUsesNewWeights) {
+  constexpr int kVocab = 23, kTokens = 401, kBatch = 4, kBptt = 9;  // 36 columns: the packed decoder
+  static_assert(kBatch * kBptt >= kPackedDecoderColumns);
+  const ModelConfig config = make_config(GetParam(), kVocab, 6, 5, 2);
+  LanguageModel model(config);
+  Rng rng(9);
+  model.initialize(rng);
+  const auto ids = random_ids(kTokens, kVocab, rng);
+
+  Workspace reused(config, kBatch, kBptt, WorkspaceUse::kEvaluation);
+  const EvalResult before = evaluate(model, reused, ids);
+  model.params().values() *= 1.5f;
+  const EvalResult after = evaluate(model, reused, ids);
+  Workspace fresh(config, kBatch, kBptt, WorkspaceUse::kEvaluation);
+  const EvalResult want = evaluate(model, fresh, ids);
+  EXPECT_EQ(after.loss_sum, want.loss_sum);
+  EXPECT_NE(after.loss_sum, before.loss_sum) << "scaling the weights did not change the loss";
 }
 
 INSTANTIATE_TEST_SUITE_P(Cells, EvaluationWorkspace, testing::ValuesIn(kAllCells), cell_test_name);

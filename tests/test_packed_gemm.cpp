@@ -69,6 +69,39 @@ TEST_P(PackedProduct, MatchesDoubleReference) {
   }
 }
 
+// The decoder's epilogue: the same values as multiply() followed by adding
+// the bias, and lanes whose largest value is each column's largest.
+TEST_P(PackedProduct, LogitsEpilogueAddsBiasAndFindsColumnMaxima) {
+  const Shape s = GetParam();
+  Rng rng(11);
+  for (Trans trans : {Trans::kNo, Trans::kYes}) {
+    Matrix a = trans == Trans::kNo ? Matrix(s.rows, s.depth) : Matrix(s.depth, s.rows);
+    Matrix b(s.depth, s.cols);
+    Vector bias(s.rows);
+    fill_uniform(a, rng, 1.0f);
+    fill_uniform(b, rng, 1.0f);
+    fill_uniform(bias, rng, 4.0f);
+    PackedMatrix packed(s.rows, s.depth);
+    packed.pack(a, trans);
+
+    Matrix want(s.rows, s.cols);
+    packed.multiply(b, 0.0f, want);
+    want.colwise() += bias;
+
+    Matrix got = Matrix::Constant(s.rows, s.cols, std::numeric_limits<float>::quiet_NaN());
+    // Stale maxima larger than any logit must not survive the call.
+    std::vector<float> lanes(static_cast<std::size_t>(s.cols) * PackedMatrix::kMaxLanes, 1e30f);
+    packed.multiply_logits(b, bias.data(), got, lanes.data());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), sizeof(float) * got.size()), 0)
+        << "logits differ from multiply() plus the bias";
+    for (int j = 0; j < s.cols; ++j) {
+      const float* column = lanes.data() + static_cast<std::size_t>(j) * PackedMatrix::kMaxLanes;
+      EXPECT_EQ(*std::max_element(column, column + PackedMatrix::kMaxLanes), want.col(j).maxCoeff())
+          << "column " << j;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, PackedProduct,
                          ::testing::Values(Shape{16, 8, 1}, Shape{400, 100, 10}, Shape{100, 400, 20},
                                            Shape{37, 29, 13}, Shape{5, 3, 7}, Shape{2600, 650, 6},

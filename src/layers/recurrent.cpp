@@ -231,7 +231,7 @@ void backward_streams(RecurrentCache& cache, const RecurrentWeights& w, const Co
 }  // namespace
 
 void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const ConstMatRef& input,
-                       int steps) {
+                       int steps, bool pack_wh) {
   const int B = cache.batch;
   const int TB = steps * B;
 
@@ -241,7 +241,7 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
   all_gates.colwise() += w.b.col(0);
 
   // Wh is constant through the window: lay it out once for the T products.
-  if (cache.packed) {
+  if (cache.packed && pack_wh) {
     if (cache.cell == CellType::kGru) {
       const int H = cache.hidden_size;
       cache.recur.pack(w.wh.topRows(2 * H), Trans::kNo);

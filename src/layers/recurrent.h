@@ -88,8 +88,10 @@ struct RecurrentCache {
 //
 // Runs the layer over `steps` steps. The carried-in state must already be in
 // cache.initial_h() (and initial_c() for lstm). input: I x steps*B.
+// pack_wh false reuses the packed Wh of an earlier window, for callers that
+// know the weights have not changed since.
 void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const ConstMatRef& input,
-                       int steps);
+                       int steps, bool pack_wh = true);
 
 // Adds the window's parameter gradients into g and writes dL/dinput into
 // d_input (I x steps*B) unless it is null. d_output (H x steps*B) is dL/dh_t

@@ -6,6 +6,7 @@
 
 #include "ops/softmax_cross_entropy.h"
 #include "tensor/gemm.h"
+#include "tensor/memory.h"
 #include "tensor/parallel.h"
 #include "util/error.h"
 
@@ -140,10 +141,11 @@ Workspace::Workspace(const ModelConfig& c, int batch_, int max_steps_, Workspace
   for (int l = 0; l < c.num_layers; ++l) {
     layers.emplace_back(c.cell, layer_input_size(c, l), H, batch, max_steps, /*backward=*/training);
   }
-  logits = Matrix::Zero(V, TB);
+  logits = zero_matrix(V, TB);
   column_loss = Vector::Zero(TB);
   const bool packed = packed_products() && TB >= kPackedDecoderColumns;
   if (packed) {
+    column_max = Matrix::Zero(PackedMatrix::kMaxLanes, TB);
     packed_w = PackedMatrix(training ? std::max(PackedMatrix::floats_for(V, H), PackedMatrix::floats_for(H, V))
                                      : PackedMatrix::floats_for(V, H));
   }
@@ -171,6 +173,8 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
     throw std::logic_error("model_forward in training mode on an evaluation workspace");
   }
   ws.dropout_active = training && c.dropout > 0.0f;
+  const bool repack = ws.use == WorkspaceUse::kTraining || !ws.weights_packed;
+  ws.weights_packed = true;
 
   // 1. Embedding lookup (and dropout on its output).
   auto emb = model.embedding();
@@ -186,7 +190,7 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
     const ConstMatRef input = l == 0 ? ConstMatRef(ws.embedded.leftCols(TB))
                               : ws.dropout_active ? ConstMatRef(ws.dropped[l - 1].leftCols(TB))
                                                   : ConstMatRef(ws.layers[l - 1].outputs(steps));
-    recurrent_forward(cache, model.layer_weights(l), input, steps);
+    recurrent_forward(cache, model.layer_weights(l), input, steps, repack);
     if (ws.dropout_active) {
       draw_dropout_mask(ws.masks[l + 1], steps, B, c.dropout, c.variational_dropout, *dropout_rng);
       ws.dropped[l].leftCols(TB).array() =
@@ -208,7 +212,7 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
     // Each thread takes chunks of columns, and each chunk goes through the
     // softmax right after its product, while its logits are still in cache.
     // A chunk streams all of W once, so wider models take wider chunks.
-    ws.packed_w.pack(model.decoder_weight(), Trans::kYes);
+    if (repack) ws.packed_w.pack(model.decoder_weight(), Trans::kYes);
     const int threads = num_threads();
     const int width = std::max(12, c.hidden_size / 2);
     const int chunks = threads * ((TB + threads * width - 1) / (threads * width));
@@ -217,9 +221,10 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
       const int n = static_cast<int>(TB * (chunk + 1) / chunks) - j0;
       if (n == 0) return;
       auto block = logits.middleCols(j0, n);
-      ws.packed_w.multiply(top.middleCols(j0, n), 0.0f, block);
-      softmax_cross_entropy(block, bias, ws.targets.data() + j0, ws.column_loss.data() + j0, grad_scale,
-                            Threads::kCaller);
+      float* column_max = ws.column_max.col(j0).data();
+      ws.packed_w.multiply_logits(top.middleCols(j0, n), bias, block, column_max);
+      softmax_cross_entropy(block, nullptr, ws.targets.data() + j0, ws.column_loss.data() + j0, grad_scale,
+                            Threads::kCaller, column_max);
     });
   } else {
     gemm(Trans::kYes, Trans::kNo, 1.0f, model.decoder_weight(), top, 0.0f, logits);
@@ -293,6 +298,7 @@ std::size_t workspace_bytes(const Workspace& ws) {
   add(ws.d_hidden_b);
   add(ws.d_embedded);
   add(ws.column_loss);
+  add(ws.column_max);
   for (const auto& m : ws.dropped) add(m);
   for (const auto& m : ws.masks) add(m);
   for (const auto& c : ws.layers) {
@@ -316,6 +322,7 @@ void carry_state(Workspace& ws, int steps) {
 }
 
 void reset_state(Workspace& ws) {
+  ws.weights_packed = false;
   for (auto& cache : ws.layers) {
     cache.initial_h().setZero();
     if (cache.cell == CellType::kLstm) cache.initial_c().setZero();

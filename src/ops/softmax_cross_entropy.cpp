@@ -1,9 +1,11 @@
 #include "ops/softmax_cross_entropy.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <limits>
 
+#include "tensor/packed_gemm.h"
 #include "tensor/parallel.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -13,6 +15,8 @@
 namespace lstm {
 
 namespace {
+
+constexpr int kMaxLanes = PackedMatrix::kMaxLanes;
 
 #if defined(__AVX2__) && defined(__FMA__)
 
@@ -45,25 +49,30 @@ inline __m256 exp_nonpositive(__m256 x) {
 }
 
 // Returns the loss of one column of v logits. With grad_scale, the column
-// becomes the gradient. Three passes: bias and max, exp and sum, scale.
-float column_loss_and_grad(float* z, Eigen::Index v, const float* bias, TokenId target,
+// becomes the gradient. Three passes: bias and max (skipped when max_lanes
+// contains the maxima), exp and sum, scale.
+float column_loss_and_grad(float* z, Eigen::Index v, const float* bias, const float* max_lanes, TokenId target,
                            std::optional<float> grad_scale) {
   const Eigen::Index vectors = v / 8 * 8;
-  __m256 max8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   float max_logit = -std::numeric_limits<float>::infinity();
-  for (Eigen::Index i = 0; i < vectors; i += 8) {
-    __m256 zi = _mm256_loadu_ps(z + i);
-    if (bias != nullptr) zi = _mm256_add_ps(zi, _mm256_loadu_ps(bias + i));
-    _mm256_storeu_ps(z + i, zi);
-    max8 = _mm256_max_ps(max8, zi);
-  }
-  for (Eigen::Index i = vectors; i < v; ++i) {
-    if (bias != nullptr) z[i] += bias[i];
-    max_logit = std::max(max_logit, z[i]);
-  }
   alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, max8);
-  for (float lane : lanes) max_logit = std::max(max_logit, lane);
+  if (max_lanes != nullptr) {
+    for (int i = 0; i < kMaxLanes; ++i) max_logit = std::max(max_logit, max_lanes[i]);
+  } else {
+    __m256 max8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (Eigen::Index i = 0; i < vectors; i += 8) {
+      __m256 zi = _mm256_loadu_ps(z + i);
+      if (bias != nullptr) zi = _mm256_add_ps(zi, _mm256_loadu_ps(bias + i));
+      _mm256_storeu_ps(z + i, zi);
+      max8 = _mm256_max_ps(max8, zi);
+    }
+    for (Eigen::Index i = vectors; i < v; ++i) {
+      if (bias != nullptr) z[i] += bias[i];
+      max_logit = std::max(max_logit, z[i]);
+    }
+    _mm256_store_ps(lanes, max8);
+    for (float lane : lanes) max_logit = std::max(max_logit, lane);
+  }
 
   const float target_logit = z[target];
   const __m256 shift = _mm256_set1_ps(max_logit);
@@ -102,11 +111,12 @@ float column_loss_and_grad(float* z, Eigen::Index v, const float* bias, TokenId 
 
 // Returns the loss of one column of v logits. With grad_scale, the column
 // becomes the gradient.
-float column_loss_and_grad(float* column, Eigen::Index v, const float* bias, TokenId target,
-                           std::optional<float> grad_scale) {
+float column_loss_and_grad(float* column, Eigen::Index v, const float* bias, const float* max_lanes,
+                           TokenId target, std::optional<float> grad_scale) {
   auto z = Eigen::Map<Eigen::ArrayXf>(column, v);
   if (bias != nullptr) z += Eigen::Map<const Eigen::ArrayXf>(bias, v);
-  const float max_logit = z.maxCoeff();
+  const float max_logit = max_lanes != nullptr ? Eigen::Map<const Eigen::ArrayXf>(max_lanes, kMaxLanes).maxCoeff()
+                                               : z.maxCoeff();
   const float target_logit = z(target);
   float sum = 0.0f;
   if (grad_scale) {
@@ -126,11 +136,13 @@ float column_loss_and_grad(float* column, Eigen::Index v, const float* bias, Tok
 }  // namespace
 
 void softmax_cross_entropy(MatRef logits, const float* bias, const TokenId* targets, float* column_loss,
-                           std::optional<float> grad_scale, Threads threads) {
+                           std::optional<float> grad_scale, Threads threads, const float* column_max) {
+  assert(column_max == nullptr || bias == nullptr);
   const Eigen::Index n = logits.cols();
   const Eigen::Index v = logits.rows();
   auto column = [&](Eigen::Index j) {
-    column_loss[j] = column_loss_and_grad(logits.col(j).data(), v, bias, targets[j], grad_scale);
+    const float* max_lanes = column_max != nullptr ? column_max + j * kMaxLanes : nullptr;
+    column_loss[j] = column_loss_and_grad(logits.col(j).data(), v, bias, max_lanes, targets[j], grad_scale);
   };
   if (threads == Threads::kAll) {
     parallel_for(n, column);

@@ -13,12 +13,17 @@ namespace lstm {
 // Writes loss_j to column_loss[j] (N floats). When grad_scale is set, also
 // overwrites logits with grad_scale * (softmax(z) - onehot(y)), the gradient
 // of grad_scale * sum_j loss_j, in the same pass over memory.
+// When column_max is given, the logits are final (bias must be null), and
+// the largest of the PackedMatrix::kMaxLanes floats at column_max + j * kMaxLanes
+// is column j's maximum, as PackedMatrix::multiply_logits() leaves them. The
+// pass that would find the maxima is then skipped.
 // Each column is computed alone, so results depend neither on the thread
 // count nor on how the columns are grouped. kAll splits the columns among
 // the threads; kCaller runs them on the calling thread, for callers that have
 // split the work themselves.
 enum class Threads { kAll, kCaller };
 void softmax_cross_entropy(MatRef logits, const float* bias, const TokenId* targets, float* column_loss,
-                           std::optional<float> grad_scale, Threads threads = Threads::kAll);
+                           std::optional<float> grad_scale, Threads threads = Threads::kAll,
+                           const float* column_max = nullptr);
 
 }  // namespace lstm

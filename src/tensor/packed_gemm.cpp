@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cassert>
+#include <limits>
 
+#include "tensor/memory.h"
 #include "tensor/parallel.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -15,6 +17,7 @@ namespace lstm {
 namespace {
 
 constexpr int kRows = PackedMatrix::kPanelRows;
+constexpr int kMaxLanes = PackedMatrix::kMaxLanes;
 bool g_packed_products = true;
 // Widest column tile: 2 x kMaxTile accumulators plus the two panel loads and
 // one broadcast fit the 16 vector registers of AVX2.
@@ -37,6 +40,16 @@ inline void store_column(const float* acc, float beta, int valid, float* c) {
   }
 }
 
+// Runs the logits' epilogue on one column of a panel after its last slice.
+// Adds the bias to the first `valid` rows of c and folds them into lane 0 of
+// the column's maxima, because the maximum does not depend on the lane.
+inline void add_bias_and_max(const float* bias, int valid, float* c, float* lanes) {
+  for (int r = 0; r < valid; ++r) {
+    c[r] += bias[r];
+    lanes[0] = std::max(lanes[0], c[r]);
+  }
+}
+
 // b(k, j) of a kernel's right-hand side: b stored column by column, or b^T
 // stored column by column (the rows of b are then contiguous).
 template <bool kTransB>
@@ -51,96 +64,120 @@ inline const float* b_element(const float* b, Eigen::Index ldb, int k, int j) {
 // prefetchers do not follow across pages.
 constexpr int kPrefetchAhead = 8;
 
-// One panel times NR columns of b: acc(16 x NR) = sum_k panel(:, k) * b(k, :).
-template <int NR, bool kTransB>
+// One panel times NR columns of b: acc(8 kVectors x NR) = sum_k panel(:, k) * b(k, :)
+// over the panel's first 8 kVectors rows. kVectors is 2 (all 16 rows), or 1
+// for a last panel with at most 8 valid rows, which then costs half the FMAs.
+template <int NR, int kVectors, bool kTransB, bool kLogits>
 void panel_kernel(const float* panel, int depth, const float* b, Eigen::Index ldb, float beta,
-                  int valid, float* c, Eigen::Index ldc) {
-  __m256 lo[NR], hi[NR];
+                  int valid, float* c, Eigen::Index ldc, const float* bias, float* column_max) {
+  __m256 acc[kVectors][NR];
 #pragma GCC unroll 8
   for (int j = 0; j < NR; ++j) {
-    lo[j] = _mm256_setzero_ps();
-    hi[j] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) acc[v][j] = _mm256_setzero_ps();
   }
   for (int k = 0; k < depth; ++k) {
     if constexpr (kTransB) {
       _mm_prefetch(reinterpret_cast<const char*>(b_element<true>(b, ldb, k + kPrefetchAhead, 0)), _MM_HINT_T0);
     }
-    const __m256 a0 = _mm256_loadu_ps(panel + static_cast<std::size_t>(k) * kRows);
-    const __m256 a1 = _mm256_loadu_ps(panel + static_cast<std::size_t>(k) * kRows + 8);
+    __m256 a[kVectors];
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) a[v] = _mm256_loadu_ps(panel + static_cast<std::size_t>(k) * kRows + 8 * v);
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
       const __m256 bj = _mm256_broadcast_ss(b_element<kTransB>(b, ldb, k, j));
-      lo[j] = _mm256_fmadd_ps(a0, bj, lo[j]);
-      hi[j] = _mm256_fmadd_ps(a1, bj, hi[j]);
+#pragma GCC unroll 2
+      for (int v = 0; v < kVectors; ++v) acc[v][j] = _mm256_fmadd_ps(a[v], bj, acc[v][j]);
     }
   }
-  if (valid == kRows) {
-    // A full panel: whole-vector stores, the same values as the scalar path.
+  if constexpr (kVectors == 2) {
+    if (valid == kRows) {
+      // A full panel: whole-vector stores, the same values as the scalar path.
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
-      float* cj = c + j * ldc;
-      if (beta != 0.0f) {
-        lo[j] = _mm256_add_ps(_mm256_loadu_ps(cj), lo[j]);
-        hi[j] = _mm256_add_ps(_mm256_loadu_ps(cj + 8), hi[j]);
+      for (int j = 0; j < NR; ++j) {
+        __m256& lo = acc[0][j];
+        __m256& hi = acc[1][j];
+        float* cj = c + j * ldc;
+        if (beta != 0.0f) {
+          lo = _mm256_add_ps(_mm256_loadu_ps(cj), lo);
+          hi = _mm256_add_ps(_mm256_loadu_ps(cj + 8), hi);
+        }
+        if constexpr (kLogits) {
+          lo = _mm256_add_ps(lo, _mm256_loadu_ps(bias));
+          hi = _mm256_add_ps(hi, _mm256_loadu_ps(bias + 8));
+          float* lanes = column_max + j * kMaxLanes;
+          _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_loadu_ps(lanes), _mm256_max_ps(lo, hi)));
+        }
+        _mm256_storeu_ps(cj, lo);
+        _mm256_storeu_ps(cj + 8, hi);
       }
-      _mm256_storeu_ps(cj, lo[j]);
-      _mm256_storeu_ps(cj + 8, hi[j]);
+      return;
     }
-    return;
   }
   // The last panel of a matrix whose rows are not a multiple of kRows leaves
   // the registers through a local buffer, so that the loop above keeps every
   // accumulator in a register instead of mirroring it on the stack.
-  alignas(32) float acc[NR][kRows];
+  alignas(32) float out[NR][kRows];
 #pragma GCC unroll 8
   for (int j = 0; j < NR; ++j) {
-    _mm256_store_ps(acc[j], lo[j]);
-    _mm256_store_ps(acc[j] + 8, hi[j]);
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) _mm256_store_ps(out[j] + 8 * v, acc[v][j]);
   }
-  for (int j = 0; j < NR; ++j) store_column(acc[j], beta, valid, c + j * ldc);
+  for (int j = 0; j < NR; ++j) {
+    store_column(out[j], beta, valid, c + j * ldc);
+    if constexpr (kLogits) add_bias_and_max(bias, valid, c + j * ldc, column_max + j * kMaxLanes);
+  }
 }
 
 #else
 
 // The same order of operations in plain C++, for builds without AVX2.
-template <int NR, bool kTransB>
+template <int NR, int kVectors, bool kTransB, bool kLogits>
 void panel_kernel(const float* panel, int depth, const float* b, Eigen::Index ldb, float beta,
-                  int valid, float* c, Eigen::Index ldc) {
+                  int valid, float* c, Eigen::Index ldc, const float* bias, float* column_max) {
   float acc[NR][kRows] = {};
   for (int k = 0; k < depth; ++k) {
     const float* a = panel + static_cast<std::size_t>(k) * kRows;
     for (int j = 0; j < NR; ++j) {
       const float bj = *b_element<kTransB>(b, ldb, k, j);
-      for (int r = 0; r < kRows; ++r) acc[j][r] += a[r] * bj;
+      for (int r = 0; r < 8 * kVectors; ++r) acc[j][r] += a[r] * bj;
     }
   }
-  for (int j = 0; j < NR; ++j) store_column(acc[j], beta, valid, c + j * ldc);
+  for (int j = 0; j < NR; ++j) {
+    store_column(acc[j], beta, valid, c + j * ldc);
+    if constexpr (kLogits) add_bias_and_max(bias, valid, c + j * ldc, column_max + j * kMaxLanes);
+  }
 }
 
 #endif
 
 using PanelKernel = void (*)(const float*, int, const float*, Eigen::Index, float, int, float*,
-                             Eigen::Index);
+                             Eigen::Index, const float*, float*);
 
-template <bool kTransB>
+// Kernels by tile width; kVectors 1 for a last panel of at most 8 rows.
+template <bool kTransB, bool kLogits, int kVectors = 2>
 constexpr PanelKernel kKernels[kMaxTile + 1] = {
     nullptr,
-    panel_kernel<1, kTransB>,
-    panel_kernel<2, kTransB>,
-    panel_kernel<3, kTransB>,
-    panel_kernel<4, kTransB>,
-    panel_kernel<5, kTransB>,
-    panel_kernel<6, kTransB>};
+    panel_kernel<1, kVectors, kTransB, kLogits>,
+    panel_kernel<2, kVectors, kTransB, kLogits>,
+    panel_kernel<3, kVectors, kTransB, kLogits>,
+    panel_kernel<4, kVectors, kTransB, kLogits>,
+    panel_kernel<5, kVectors, kTransB, kLogits>,
+    panel_kernel<6, kVectors, kTransB, kLogits>};
 
 }  // namespace
 
-PackedMatrix::PackedMatrix(int rows, int max_cols)
-    : rows_(rows),
-      cols_(max_cols),
-      panels_((rows + kRows - 1) / kRows),
-      data_(floats_for(rows, max_cols), 0.0f) {}
+PackedMatrix::PackedMatrix(int rows, int max_cols) : PackedMatrix(floats_for(rows, max_cols)) {
+  rows_ = rows;
+  cols_ = max_cols;
+  panels_ = (rows + kRows - 1) / kRows;
+}
 
-PackedMatrix::PackedMatrix(std::size_t floats) : data_(floats, 0.0f) {}
+PackedMatrix::PackedMatrix(std::size_t floats) {
+  data_.reserve(floats);
+  advise_huge_pages(data_.data(), floats * sizeof(float));
+  data_.resize(floats, 0.0f);
+}
 
 std::size_t PackedMatrix::floats_for(int rows, int cols) {
   return static_cast<std::size_t>((rows + kRows - 1) / kRows) * cols * kRows;
@@ -181,9 +218,12 @@ void PackedMatrix::pack(const ConstMatRef& a, Trans trans) {
 }
 
 template <bool kTransB>
-void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatRef c) const {
+void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatRef c, const float* bias,
+                       float* column_max) const {
   assert(beta == 0.0f || beta == 1.0f);
   if (n == 0 || panels_ == 0) return;  // c has no element
+  const bool logits = column_max != nullptr;
+  if (logits) std::fill_n(column_max, static_cast<std::size_t>(n) * kMaxLanes, -std::numeric_limits<float>::infinity());
   // Tiles of nearly equal width: a narrow last tile would have too few
   // independent accumulators to hide the latency of its FMAs.
   const int tiles = (n + kMaxTile - 1) / kMaxTile;
@@ -200,6 +240,10 @@ void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatR
   for (int k0 = 0; k0 < cols_; k0 += slice) {
     const int depth = std::min(slice, cols_ - k0);
     const float slice_beta = k0 == 0 ? beta : 1.0f;
+    const bool last_slice = k0 + depth == cols_;
+    const bool epilogue = logits && last_slice;
+    const PanelKernel* kernels = epilogue ? kKernels<kTransB, true> : kKernels<kTransB, false>;
+    const PanelKernel* half_kernels = epilogue ? kKernels<kTransB, true, 1> : kKernels<kTransB, false, 1>;
     const std::size_t slice_bytes = static_cast<std::size_t>(depth) * kRows * sizeof(float);
     const int block = kTransB ? panels_ : static_cast<int>(std::max<std::size_t>(1, kBlockBytes / slice_bytes));
     for (int p0 = 0; p0 < panels_; p0 += block) {
@@ -212,8 +256,9 @@ void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatR
           const int first = p * kRows;
           const int valid = std::min(kRows, rows_ - first);
           const float* panel = data_.data() + (static_cast<std::size_t>(p) * cols_ + k0) * kRows;
-          kKernels<kTransB>[width](panel, depth, b_tile, ldb, slice_beta, valid,
-                                   c.data() + j * c.outerStride() + first, c.outerStride());
+          (valid <= kRows / 2 ? half_kernels : kernels)[width](panel, depth, b_tile, ldb, slice_beta, valid, c.data() + j * c.outerStride() + first,
+                         c.outerStride(), logits ? bias + first : nullptr,
+                         logits ? column_max + static_cast<std::size_t>(j) * kMaxLanes : nullptr);
         }
       }
     }
@@ -224,14 +269,21 @@ void PackedMatrix::multiply(const ConstMatRef& b, float beta, MatRef c) const {
   assert(b.rows() == cols_);
   assert(c.rows() == rows_);
   assert(c.cols() == b.cols());
-  run<false>(b.data(), b.outerStride(), static_cast<int>(b.cols()), beta, c);
+  run<false>(b.data(), b.outerStride(), static_cast<int>(b.cols()), beta, c, nullptr, nullptr);
+}
+
+void PackedMatrix::multiply_logits(const ConstMatRef& b, const float* bias, MatRef c, float* column_max) const {
+  assert(b.rows() == cols_);
+  assert(c.rows() == rows_);
+  assert(c.cols() == b.cols());
+  run<false>(b.data(), b.outerStride(), static_cast<int>(b.cols()), 0.0f, c, bias, column_max);
 }
 
 void PackedMatrix::multiply_transposed(const ConstMatRef& bt, float beta, MatRef c) const {
   assert(bt.cols() == cols_);
   assert(c.rows() == rows_);
   assert(c.cols() == bt.rows());
-  run<true>(bt.data(), bt.outerStride(), static_cast<int>(bt.rows()), beta, c);
+  run<true>(bt.data(), bt.outerStride(), static_cast<int>(bt.rows()), beta, c, nullptr, nullptr);
 }
 
 bool packed_kernel_available() {

@@ -16,7 +16,8 @@
 // PackedMatrix copies op(A) into panels of kPanelRows rows, each stored
 // k-major (for every k, the panel's kPanelRows values are contiguous), and
 // multiply() streams the panels past tiles of up to 6 columns of b with a
-// register-blocked kernel.
+// register-blocked kernel. A last panel with at most half its rows in use
+// (H = 100 leaves 4) runs a kernel over its first half only.
 //
 // Every output element is a sum over k in increasing order, in slices of at
 // most 512 k that depend only on the shape of op(A). Neither the number of
@@ -33,6 +34,8 @@ namespace lstm {
 class PackedMatrix {
  public:
   static constexpr int kPanelRows = 16;
+  // Partial maxima that multiply_logits() records per column.
+  static constexpr int kMaxLanes = 8;
 
   PackedMatrix() = default;
   // Reserves room for a rows x max_cols operand, so that pack() allocates nothing.
@@ -51,6 +54,13 @@ class PackedMatrix {
   // several threads may each multiply their own column range of b and c.
   void multiply(const ConstMatRef& b, float beta, MatRef c) const;
 
+  // The decoder's logits: c = op(a) * b + bias, bias (rows() floats) added to
+  // every column, and for each column j, kMaxLanes partial maxima in
+  // column_max[j * kMaxLanes, (j + 1) * kMaxLanes) whose largest is the
+  // column's largest element. The softmax then skips its pass for them. The
+  // values in c are those of multiply() followed by adding the bias.
+  void multiply_logits(const ConstMatRef& b, const float* bias, MatRef c, float* column_max) const;
+
   // The same with b given as its transpose bt (n x cols), whose rows are
   // contiguous: dW = h dlogits^T of the decoder reads dlogits this way.
   void multiply_transposed(const ConstMatRef& bt, float beta, MatRef c) const;
@@ -61,7 +71,8 @@ class PackedMatrix {
 
  private:
   template <bool kTransB>
-  void run(const float* b, Eigen::Index ldb, int n, float beta, MatRef c) const;
+  void run(const float* b, Eigen::Index ldb, int n, float beta, MatRef c, const float* bias,
+           float* column_max) const;
 
   // Shape of the last pack(), or the reserved one before the first.
   int rows_ = 0;

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "tensor/memory.h"
+
 namespace lstm {
 
 void ParamStore::add_matrix(const std::string& name, Eigen::Index rows, Eigen::Index cols) {
@@ -15,8 +17,8 @@ void ParamStore::add_vector(const std::string& name, Eigen::Index size) {
 }
 
 void ParamStore::finalize() {
-  values_ = Vector::Zero(total_);
-  grads_ = Vector::Zero(total_);
+  values_ = zero_vector(total_);
+  grads_ = zero_vector(total_);
 }
 
 const TensorEntry& ParamStore::entry(const std::string& name) const {
