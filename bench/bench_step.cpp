@@ -11,6 +11,7 @@
 #include <utility>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <vector>
 
 #include <sys/resource.h>
@@ -19,6 +20,7 @@
 #include "config/settings.h"
 #include "data/batcher.h"
 #include "model/model.h"
+#include "ops/softmax_cross_entropy.h"
 #include "tensor/gemm.h"
 #include "tensor/packed_gemm.h"
 #include "tensor/parallel.h"
@@ -178,6 +180,46 @@ DecoderRates time_decoder_products(int hidden, int vocab, int columns, int repea
     });
   });
   return result;
+}
+
+// Microseconds per column of the softmax cross-entropy over V logits on one
+// thread: the loss only (evaluation), and the loss with dL/dlogits (training).
+// With the packed decoder the column maxima come from the product, as in the
+// model. Its exp over all V logits is work that the matrix-product bound does
+// not count, and at small H it is a visible share of a column's time.
+struct SoftmaxTimes {
+  double eval_us = 0.0;
+  double train_us = 0.0;
+};
+
+SoftmaxTimes time_softmax(int vocab, int repeats) {
+  constexpr int kColumns = 32;
+  Rng rng(5);
+  Matrix original(vocab, kColumns);
+  for (Eigen::Index i = 0; i < original.size(); ++i) original.data()[i] = static_cast<float>(3.0 * rng.normal());
+  std::vector<float> column_max(static_cast<std::size_t>(kColumns) * PackedMatrix::kMaxLanes);
+  for (int j = 0; j < kColumns; ++j) {
+    std::fill_n(column_max.begin() + j * PackedMatrix::kMaxLanes, PackedMatrix::kMaxLanes, original.col(j).maxCoeff());
+  }
+  const float* maxima = packed_products() ? column_max.data() : nullptr;
+  std::vector<TokenId> targets(kColumns);
+  for (int j = 0; j < kColumns; ++j) targets[j] = static_cast<TokenId>(rng.below(static_cast<std::uint64_t>(vocab)));
+  std::vector<float> losses(kColumns);
+  Matrix logits = original;
+  // Median over repeats of one call's time per column; the copy that restores
+  // the logits a training call overwrote is not timed.
+  auto time_per_column = [&](std::optional<float> grad_scale) {
+    std::vector<double> times;
+    for (int r = 0; r <= repeats; ++r) {
+      logits = original;
+      const auto start = Clock::now();
+      softmax_cross_entropy(logits, nullptr, targets.data(), losses.data(), grad_scale, Threads::kCaller, maxima);
+      const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      if (r > 0) times.push_back(seconds * 1e6 / kColumns);
+    }
+    return median(times);
+  };
+  return {time_per_column(std::nullopt), time_per_column(1.0f / kColumns)};
 }
 
 struct StepTimes {
@@ -351,6 +393,9 @@ int main(int argc, char** argv) {
     const int columns = s.train.batch_size * s.train.bptt;
     const DecoderRates decoder = time_decoder_products(s.model.hidden_size, vocab, columns, 9);
     const double decoder_peak = probe.measure();
+    const SoftmaxTimes softmax = time_softmax(vocab, 20);
+    // One column's logits product (2 H V flops) at one thread's share of the sgemm's rate.
+    const double logits_column_us = 2.0 * s.model.hidden_size * vocab / (decoder_peak / num_threads() * 1e9) * 1e6;
     if (as_json) {
       const nlohmann::json out = {{"config", config_path},
                                   {"threads", num_threads()},
@@ -375,6 +420,10 @@ int main(int argc, char** argv) {
                                     {"dw", decoder.weight_grad},
                                     {"dh", decoder.input_grad},
                                     {"sgemm_after", decoder_peak}}},
+                                  {"softmax_us_per_column",
+                                   {{"eval", softmax.eval_us},
+                                    {"train", softmax.train_us},
+                                    {"logits_product_at_sgemm_rate", logits_column_us}}},
                                   {"parameter_bytes", times.parameter_bytes},
                                   {"gradient_bytes", times.gradient_bytes},
                                   {"optimizer_bytes", times.optimizer_bytes},
@@ -409,6 +458,9 @@ int main(int argc, char** argv) {
                   packed_products() ? "packed" : "blas", num_threads(), vocab, s.model.hidden_size, columns,
                   decoder.logits, s.model.hidden_size, columns, vocab, decoder.weight_grad, s.model.hidden_size,
                   vocab, columns, decoder.input_grad, decoder_peak);
+      std::printf("softmax           us per column of %d logits on one thread: eval %.2f, train %.2f; the column's "
+                  "logits product at the sgemm's rate per thread: %.2f\n",
+                  vocab, softmax.eval_us, softmax.train_us, logits_column_us);
       const double mb = 1024.0 * 1024.0;
       std::printf("memory (MiB)      parameters %.1f, gradients %.1f, optimizer %.1f, train activations %.1f, "
                   "eval activations %.1f; peak RSS %.1f\n",

@@ -355,6 +355,38 @@ TEST_F(CliBadInput, EvalGoodCheckpointWorks) {
   EXPECT_TRUE(json::parse(o.out).contains("perplexity")) << o.out;
 }
 
+TEST(CliBench, JsonReportsEveryMeasurement) {
+  if (!fs::exists(kBench)) GTEST_SKIP() << kBench << " is not built (LSTM_BUILD_BENCH=OFF)";
+  TempDir capture("cli");
+  const Outcome o = run_program(kBench,
+                                {"--config", (kSourceDir / "configs" / "tiny.json").string(), "--vocab", "60",
+                                 "--steps", "2", "--warmup", "0", "--threads", "1", "--json"},
+                                capture.path(), capture.path());
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const json report = json::parse(o.out);
+  const std::vector<json::json_pointer> positive = {
+      json::json_pointer("/train_tokens_per_s"),
+      json::json_pointer("/eval_tokens_per_s"),
+      json::json_pointer("/train_peak_gflops"),
+      json::json_pointer("/train_fraction_of_bound"),
+      json::json_pointer("/eval_fraction_of_bound"),
+      json::json_pointer("/decoder_product_gflops/logits"),
+      json::json_pointer("/decoder_product_gflops/dw"),
+      json::json_pointer("/decoder_product_gflops/dh"),
+      json::json_pointer("/softmax_us_per_column/eval"),
+      json::json_pointer("/softmax_us_per_column/train"),
+      json::json_pointer("/softmax_us_per_column/logits_product_at_sgemm_rate"),
+      json::json_pointer("/peak_rss_bytes")};
+  for (const auto& pointer : positive) {
+    ASSERT_TRUE(report.contains(pointer)) << pointer.to_string() << " missing from " << o.out;
+    EXPECT_GT(report.at(pointer).get<double>(), 0.0) << pointer.to_string();
+  }
+  // GFLOP/s is tokens/s times the counted work per token.
+  const double train_gflops =
+      report.at("train_tokens_per_s").get<double>() * report.at("train_flops_per_token").get<double>() / 1e9;
+  EXPECT_NEAR(report.at("train_gflops").get<double>(), train_gflops, 1e-9 * train_gflops);
+}
+
 TEST(CliHelp, TrainListsEveryOption) {
   TempDir capture("cli");
   const Outcome o = run_program(kTrain, {"--help"}, capture.path(), capture.path());
