@@ -321,6 +321,7 @@ int main(int argc, char** argv) {
   lstm::prefer_passive_openmp_wait(argv);
   CLI::App app{"Time training and evaluation steps on synthetic ids; report tokens/s and the fraction "
                "of the matrix-product bound reached."};
+  add_version_flag(app);
   std::string config_path;
   std::vector<std::string> overrides;
   int threads = 0, vocab = 10000, steps = 20, warmup = 5;

@@ -15,6 +15,7 @@ mkdir -p "$out"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git rev-parse --short HEAD)"
+  echo "binary: $("$bin/lstm-bench" --version)"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
   echo "threads: $threads"
 } > "$out/machine.txt"

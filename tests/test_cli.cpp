@@ -414,7 +414,9 @@ TEST(CliHelp, EvalListsEveryOption) {
 TEST(CliHelp, VersionPrinted) {
   TempDir capture("cli");
   const std::regex version(R"(lstm-lm \d+\.\d+\.\d+)");
-  for (const fs::path& program : {kTrain, kEval}) {
+  std::vector<fs::path> programs = {kTrain, kEval};
+  if (fs::exists(kBench)) programs.push_back(kBench);  // absent with LSTM_BUILD_BENCH=OFF
+  for (const fs::path& program : programs) {
     SCOPED_TRACE(program.string());
     const Outcome o = run_program(program, {"--version"}, capture.path(), capture.path());
     EXPECT_EQ(o.exit_code, 0) << o.err;
