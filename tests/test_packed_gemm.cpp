@@ -28,18 +28,27 @@ double max_error(const Matrix& got, const Eigen::MatrixXd& want) {
   return (got.cast<double>() - want).cwiseAbs().maxCoeff();
 }
 
+// A rows x cols matrix of uniform values in [-1, 1].
+Matrix random_matrix(Eigen::Index rows, Eigen::Index cols, Rng& rng) {
+  Matrix m(rows, cols);
+  fill_uniform(m, rng, 1.0f);
+  return m;
+}
+
+// The left operand of a product of shape s, stored as op(a) (kNo) or as its transpose (kYes).
+Matrix random_left_operand(const Shape& s, Trans trans, Rng& rng) {
+  return trans == Trans::kNo ? random_matrix(s.rows, s.depth, rng) : random_matrix(s.depth, s.rows, rng);
+}
+
 class PackedProduct : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(PackedProduct, MatchesDoubleReference) {
   const Shape s = GetParam();
   Rng rng(7);
   for (Trans trans : {Trans::kNo, Trans::kYes}) {
-    Matrix a = trans == Trans::kNo ? Matrix(s.rows, s.depth) : Matrix(s.depth, s.rows);
-    Matrix b(s.depth, s.cols);
-    Matrix c0(s.rows, s.cols);
-    fill_uniform(a, rng, 1.0f);
-    fill_uniform(b, rng, 1.0f);
-    fill_uniform(c0, rng, 1.0f);
+    const Matrix a = random_left_operand(s, trans, rng);
+    const Matrix b = random_matrix(s.depth, s.cols, rng);
+    const Matrix c0 = random_matrix(s.rows, s.cols, rng);
     Eigen::MatrixXd op_a = a.cast<double>();
     if (trans == Trans::kYes) op_a.transposeInPlace();
     const Eigen::MatrixXd product = op_a * b.cast<double>();
@@ -75,11 +84,9 @@ TEST_P(PackedProduct, LogitsEpilogueAddsBiasAndFindsColumnMaxima) {
   const Shape s = GetParam();
   Rng rng(11);
   for (Trans trans : {Trans::kNo, Trans::kYes}) {
-    Matrix a = trans == Trans::kNo ? Matrix(s.rows, s.depth) : Matrix(s.depth, s.rows);
-    Matrix b(s.depth, s.cols);
+    const Matrix a = random_left_operand(s, trans, rng);
+    const Matrix b = random_matrix(s.depth, s.cols, rng);
     Vector bias(s.rows);
-    fill_uniform(a, rng, 1.0f);
-    fill_uniform(b, rng, 1.0f);
     fill_uniform(bias, rng, 4.0f);
     PackedMatrix packed(s.rows, s.depth);
     packed.pack(a, trans);
