@@ -385,6 +385,39 @@ TEST_P(EvaluationWorkspace, PassAfterWeightChangeUsesNewWeights) {
   EXPECT_NE(after.loss_sum, before.loss_sum) << "scaling the weights did not change the loss";
 }
 
+// A window too narrow for the packed decoder (generation feeds one token) must
+// not leave a wider window after it with an unpacked W^T.
+TEST_P(EvaluationWorkspace, NarrowWindowThenWideWindow) {
+  constexpr int kVocab = 23, kSteps = 40;
+  static_assert(kSteps >= kPackedDecoderColumns);
+  const ModelConfig config = make_config(GetParam(), kVocab, 6, 5, 2);
+  LanguageModel model(config);
+  Rng rng(10);
+  model.initialize(rng);
+  const auto ids = random_ids(kSteps + 2, kVocab, rng);
+
+  // The same two windows on an evaluation workspace and on a training one,
+  // which packs at every window.
+  std::vector<float> losses[2];
+  Workspace evaluation(config, 1, kSteps, WorkspaceUse::kEvaluation);
+  Workspace training(config, 1, kSteps);
+  Workspace* workspaces[2] = {&evaluation, &training};
+  for (int w = 0; w < 2; ++w) {
+    Workspace& ws = *workspaces[w];
+    reset_state(ws);
+    ws.inputs[0] = ids[0];
+    ws.targets[0] = ids[1];
+    model_forward(model, ws, 1, /*training=*/false, nullptr);
+    losses[w].push_back(ws.column_loss[0]);
+    carry_state(ws, 1);
+    std::copy(ids.begin() + 1, ids.begin() + 1 + kSteps, ws.inputs.begin());
+    std::copy(ids.begin() + 2, ids.end(), ws.targets.begin());
+    model_forward(model, ws, kSteps, /*training=*/false, nullptr);
+    losses[w].insert(losses[w].end(), ws.column_loss.data(), ws.column_loss.data() + kSteps);
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+}
+
 INSTANTIATE_TEST_SUITE_P(Cells, EvaluationWorkspace, testing::ValuesIn(kAllCells), cell_test_name);
 
 // ---------------------------------------------------------------------------

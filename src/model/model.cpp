@@ -173,8 +173,9 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
     throw std::logic_error("model_forward in training mode on an evaluation workspace");
   }
   ws.dropout_active = training && c.dropout > 0.0f;
-  const bool repack = ws.use == WorkspaceUse::kTraining || !ws.weights_packed;
-  ws.weights_packed = true;
+  const bool pack_every_window = ws.use == WorkspaceUse::kTraining;
+  const bool pack_wh = pack_every_window || !ws.recurrent_packed;
+  ws.recurrent_packed = true;
 
   // 1. Embedding lookup (and dropout on its output).
   auto emb = model.embedding();
@@ -190,7 +191,7 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
     const ConstMatRef input = l == 0 ? ConstMatRef(ws.embedded.leftCols(TB))
                               : ws.dropout_active ? ConstMatRef(ws.dropped[l - 1].leftCols(TB))
                                                   : ConstMatRef(ws.layers[l - 1].outputs(steps));
-    recurrent_forward(cache, model.layer_weights(l), input, steps, repack);
+    recurrent_forward(cache, model.layer_weights(l), input, steps, pack_wh);
     if (ws.dropout_active) {
       draw_dropout_mask(ws.masks[l + 1], steps, B, c.dropout, c.variational_dropout, *dropout_rng);
       ws.dropped[l].leftCols(TB).array() =
@@ -212,7 +213,8 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
     // Each thread takes chunks of columns, and each chunk goes through the
     // softmax right after its product, while its logits are still in cache.
     // A chunk streams all of W once, so wider models take wider chunks.
-    if (repack) ws.packed_w.pack(model.decoder_weight(), Trans::kYes);
+    if (pack_every_window || !ws.decoder_packed) ws.packed_w.pack(model.decoder_weight(), Trans::kYes);
+    ws.decoder_packed = true;
     const int threads = num_threads();
     const int width = std::max(12, c.hidden_size / 2);
     const int chunks = threads * ((TB + threads * width - 1) / (threads * width));
@@ -322,7 +324,8 @@ void carry_state(Workspace& ws, int steps) {
 }
 
 void reset_state(Workspace& ws) {
-  ws.weights_packed = false;
+  ws.recurrent_packed = false;
+  ws.decoder_packed = false;
   for (auto& cache : ws.layers) {
     cache.initial_h().setZero();
     if (cache.cell == CellType::kLstm) cache.initial_c().setZero();

@@ -87,13 +87,14 @@ struct Workspace {
   Vector column_loss;            // T*B: loss of each scored token (nats)
   Matrix column_max;             // kMaxLanes x T*B: partial maxima of the logits (packed decoder only)
   bool dropout_active = false;   // the last forward pass applied dropout
-  // The packed copies of the weights (the decoder's below, each layer's Wh)
-  // hold the current weights. A training workspace packs them at every
-  // window. An evaluation workspace packs them at its first window after
-  // reset_state() and reuses them until the next reset_state(), because a
-  // pass over a split does not change the weights. On the book-sized model the
-  // copy of W^T took 7% of lstm-eval's time (perf, 2 threads).
-  bool weights_packed = false;
+  // Whether each layer's packed Wh and the decoder's packed W^T (below)
+  // contain the current weights. A training workspace packs them at every
+  // window. An evaluation workspace packs each at the first window after
+  // reset_state() that uses it, and reuses it until the next reset_state(),
+  // because a pass over a split does not change the weights. On the
+  // book-sized model the copy of W^T took 7% of lstm-eval's time (perf, 2 threads).
+  bool recurrent_packed = false;
+  bool decoder_packed = false;
   // The decoder's operands laid out for PackedMatrix, packed at each pass of
   // at least kPackedDecoderColumns columns. packed_w contains W^T (V x H) for
   // the logits in forward, then W (H x V) for dL/dh in backward. packed_top
@@ -120,7 +121,7 @@ enum class LossReduction { kMean, kSumOverTime };
 // (drawing masks from dropout_rng) and leaves dL/dlogits of the window's
 // training loss (by `reduction`) in ws.logits for backward(). Training mode
 // needs a kTraining workspace. On an evaluation workspace the weights must
-// not have changed since the last reset_state() (see Workspace::weights_packed).
+// not have changed since the last reset_state() (see Workspace::decoder_packed).
 double model_forward(LanguageModel& model, Workspace& ws, int steps, bool training,
                      Rng* dropout_rng, LossReduction reduction = LossReduction::kMean);
 
