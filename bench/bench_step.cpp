@@ -206,7 +206,7 @@ SoftmaxTimes time_softmax(int vocab, int repeats) {
   for (int j = 0; j < kColumns; ++j) targets[j] = static_cast<TokenId>(rng.below(static_cast<std::uint64_t>(vocab)));
   std::vector<float> losses(kColumns);
   Matrix logits = original;
-  // Median over repeats of one call's time per column; the copy that restores
+  // Median over repeats of one call's time per column. The copy that restores
   // the logits a training call overwrote is not timed.
   auto time_per_column = [&](std::optional<float> grad_scale) {
     std::vector<double> times;

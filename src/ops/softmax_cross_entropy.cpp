@@ -26,7 +26,7 @@ constexpr int kMaxLanes = PackedMatrix::kMaxLanes;
 // bottom of float's normal range) give 0. The softmax tests hold the result
 // to a double reference. Every vector goes through the same operations as it
 // would alone. They advance in lockstep so that the core overlaps their
-// chains of dependent FMAs, which one vector leaves mostly idle.
+// chains of dependent FMAs. One vector alone leaves the FMA units mostly idle.
 template <int N>
 inline void exp_nonpositive(__m256 (&x)[N]) {
   const __m256 kMin = _mm256_set1_ps(-87.0f);

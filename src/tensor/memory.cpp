@@ -14,7 +14,7 @@ void advise_huge_pages(void* data, std::size_t bytes) {
   const auto first = reinterpret_cast<std::uintptr_t>(data);
   const std::uintptr_t begin = (first + kHugePage - 1) / kHugePage * kHugePage;
   const std::uintptr_t end = (first + bytes) / kHugePage * kHugePage;
-  // Advice only: where the kernel declines, the buffer keeps small pages.
+  // The call is advice. Where the kernel declines, the buffer keeps small pages.
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 #else
   (void)data;

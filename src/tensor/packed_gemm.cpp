@@ -154,7 +154,7 @@ void panel_kernel(const float* panel, int depth, const float* b, Eigen::Index ld
 using PanelKernel = void (*)(const float*, int, const float*, Eigen::Index, float, int, float*,
                              Eigen::Index, const float*, float*);
 
-// Kernels by tile width; kVectors 1 for a last panel of at most 8 rows.
+// Kernels by tile width. kVectors 1 serves a last panel of at most 8 rows.
 template <bool kTransB, bool kLogits, int kVectors = 2>
 constexpr PanelKernel kKernels[kMaxTile + 1] = {
     nullptr,
@@ -223,7 +223,9 @@ void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatR
   assert(beta == 0.0f || beta == 1.0f);
   if (n == 0 || panels_ == 0) return;  // c has no element
   const bool logits = column_max != nullptr;
-  if (logits) std::fill_n(column_max, static_cast<std::size_t>(n) * kMaxLanes, -std::numeric_limits<float>::infinity());
+  if (logits) {
+    std::fill_n(column_max, static_cast<std::size_t>(n) * kMaxLanes, -std::numeric_limits<float>::infinity());
+  }
   // Tiles of nearly equal width: a narrow last tile would have too few
   // independent accumulators to hide the latency of its FMAs.
   const int tiles = (n + kMaxTile - 1) / kMaxTile;
@@ -256,9 +258,10 @@ void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatR
           const int first = p * kRows;
           const int valid = std::min(kRows, rows_ - first);
           const float* panel = data_.data() + (static_cast<std::size_t>(p) * cols_ + k0) * kRows;
-          (valid <= kRows / 2 ? half_kernels : kernels)[width](panel, depth, b_tile, ldb, slice_beta, valid, c.data() + j * c.outerStride() + first,
-                         c.outerStride(), logits ? bias + first : nullptr,
-                         logits ? column_max + static_cast<std::size_t>(j) * kMaxLanes : nullptr);
+          const PanelKernel kernel = (valid <= kRows / 2 ? half_kernels : kernels)[width];
+          kernel(panel, depth, b_tile, ldb, slice_beta, valid, c.data() + j * c.outerStride() + first,
+                 c.outerStride(), logits ? bias + first : nullptr,
+                 logits ? column_max + static_cast<std::size_t>(j) * kMaxLanes : nullptr);
         }
       }
     }

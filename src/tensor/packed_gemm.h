@@ -54,11 +54,11 @@ class PackedMatrix {
   // several threads may each multiply their own column range of b and c.
   void multiply(const ConstMatRef& b, float beta, MatRef c) const;
 
-  // The decoder's logits: c = op(a) * b + bias, bias (rows() floats) added to
-  // every column, and for each column j, kMaxLanes partial maxima in
-  // column_max[j * kMaxLanes, (j + 1) * kMaxLanes) whose largest is the
-  // column's largest element. The softmax then skips its pass for them. The
-  // values in c are those of multiply() followed by adding the bias.
+  // Computes the decoder's logits c = op(a) * b + bias, with bias (rows()
+  // floats) added to every column, the same values as multiply() followed by
+  // adding the bias. Also writes kMaxLanes partial maxima per column j to
+  // column_max[j * kMaxLanes, (j + 1) * kMaxLanes), whose largest is the
+  // column's largest element, so the softmax skips its pass for them.
   void multiply_logits(const ConstMatRef& b, const float* bias, MatRef c, float* column_max) const;
 
   // The same with b given as its transpose bt (n x cols), whose rows are

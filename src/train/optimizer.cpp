@@ -12,7 +12,7 @@ namespace {
 // The norm is summed in kNormChunks fixed chunks, whatever the thread count,
 // so that it does not depend on it.
 constexpr int kNormChunks = 64;
-// Chunks summed side by side on one thread: each chunk's sum is still one
+// Chunks summed side by side on one thread. Each chunk's sum is still one
 // chain of additions in index order, but eight independent chains keep the
 // adder busy instead of waiting out its latency at every element.
 constexpr int kChunksAtOnce = 8;
@@ -41,7 +41,10 @@ double global_norm(const Vector& values) {
       }
     }
     for (int q = 0; q < kChunksAtOnce; ++q) {
-      for (Eigen::Index i = begin[q] + common; i < end[q]; ++i) sum[q] += static_cast<double>(x[i]) * x[i];
+      for (Eigen::Index i = begin[q] + common; i < end[q]; ++i) {
+        const double v = x[i];
+        sum[q] += v * v;
+      }
       partial[group * kChunksAtOnce + q] = sum[q];
     }
   });
