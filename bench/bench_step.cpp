@@ -38,6 +38,13 @@ double median(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// Returns the name of the kernels that run the recurrent step products and
+// the decoder's products.
+const char* products_name() {
+  if (!packed_products()) return "blas";
+  return avx512_kernels() ? "packed avx512" : "packed avx2";
+}
+
 // Median GFLOP/s of `repeats` calls of product, which does `flops` each,
 // after one untimed call.
 template <typename Product>
@@ -325,7 +332,7 @@ int main(int argc, char** argv) {
   std::string config_path;
   std::vector<std::string> overrides;
   int threads = 0, vocab = 10000, steps = 20, warmup = 5;
-  bool as_json = false, sweep = false, blas_products = false;
+  bool as_json = false, sweep = false, blas_products = false, avx2_kernels = false;
   app.add_option("--config", config_path, "JSON config whose model, batch and bptt are timed");
   app.add_option("--set", overrides, "override a config key, KEY=VALUE (repeatable)");
   add_threads_option(app, threads);
@@ -339,17 +346,21 @@ int main(int argc, char** argv) {
   app.add_flag("--blas-products", blas_products,
                "run the recurrent step products and the decoder's three products through the BLAS instead of "
                "the packed kernel, for comparison");
+  app.add_flag("--avx2-kernels", avx2_kernels,
+               "run the packed products and the softmax with their AVX2 kernels on a CPU with AVX-512, for "
+               "comparison (the results are the same bits)");
   if (const int code = parse_command_line(app, argc, argv); code >= 0) return code;
 
   return run_reporting_errors([&]() -> int {
     set_num_threads(threads);
     set_packed_products(!blas_products);
+    set_avx512_kernels(!avx2_kernels);
     PeakProbe probe;
     const double eigen_peak = eigen_gemm_gflops(5);
     if (sweep) {
-      std::printf("threads %d, %s; each fraction divides a training step's GFLOP/s by a 1024^3 sgemm timed "
-                  "right after it (now %.1f GFLOP/s; eigen: %.1f GFLOP/s)\n",
-                  num_threads(), gemm_backend(), probe.measure(), eigen_peak);
+      std::printf("threads %d, %s, %s products; each fraction divides a training step's GFLOP/s by a 1024^3 "
+                  "sgemm timed right after it (now %.1f GFLOP/s; eigen: %.1f GFLOP/s)\n",
+                  num_threads(), gemm_backend(), products_name(), probe.measure(), eigen_peak);
       std::printf("| hidden | batch | train tok/s | train GFLOP/s | fraction of bound | eval tok/s |\n");
       std::printf("|---:|---:|---:|---:|---:|---:|\n");
       for (int hidden : {100, 200, 650, 1500}) {
@@ -401,7 +412,7 @@ int main(int argc, char** argv) {
       const nlohmann::json out = {{"config", config_path},
                                   {"threads", num_threads()},
                                   {"backend", gemm_backend()},
-                                  {"products", packed_products() ? "packed" : "blas"},
+                                  {"products", products_name()},
                                   {"batch_size", s.train.batch_size},
                                   {"eval_batch_size", s.eval.batch_size},
                                   {"bptt", s.train.bptt},
@@ -440,7 +451,7 @@ int main(int argc, char** argv) {
     } else {
       std::printf("config            %s (batch %d, eval batch %d, bptt %d, V %d, %d threads, %s products)\n",
                   config_path.c_str(), s.train.batch_size, s.eval.batch_size, s.train.bptt, vocab, num_threads(),
-                  packed_products() ? "packed" : "blas");
+                  products_name());
       std::printf("sgemm 1024^3      %.1f GFLOP/s after training steps, %.1f after evaluation steps (%s), "
                   "eigen %.1f GFLOP/s\n",
                   times.train_peak_gflops, times.eval_peak_gflops, gemm_backend(), eigen_peak);
@@ -456,7 +467,7 @@ int main(int argc, char** argv) {
                   eval_forward.packed, eval_forward.blas);
       std::printf("decoder products  GFLOP/s, %s, %d threads: logits %dx%dx%d %.1f, dW %dx%dx%d %.1f, "
                   "dh %dx%dx%d %.1f; sgemm 1024^3 right after %.1f\n",
-                  packed_products() ? "packed" : "blas", num_threads(), vocab, s.model.hidden_size, columns,
+                  products_name(), num_threads(), vocab, s.model.hidden_size, columns,
                   decoder.logits, s.model.hidden_size, columns, vocab, decoder.weight_grad, s.model.hidden_size,
                   vocab, columns, decoder.input_grad, decoder_peak);
       std::printf("softmax           us per column of %d logits on one thread: eval %.2f, train %.2f; the column's "

@@ -33,6 +33,14 @@ for config in configs/ptb_lstm_small.json configs/ptb_lstm_book_better.json; do
   "$bin/lstm-bench" --config "$config" --threads "$threads" --steps "$steps" --blas-products \
     > "$out/ours_${name}_blas_products.txt"
   grep -E "^(train|eval)" "$out/ours_${name}_blas_products.txt" | sed 's/^/blas products: /'
+  # On a CPU with AVX-512, the same packed products with their AVX2 kernels.
+  if grep -q "packed avx512 products" "$out/ours_$name.txt"; then
+    "$bin/lstm-bench" --config "$config" --threads "$threads" --steps "$steps" --avx2-kernels \
+      > "$out/ours_${name}_avx2_kernels.txt"
+    grep -E "^(train|eval)" "$out/ours_${name}_avx2_kernels.txt" | sed 's/^/avx2 kernels: /'
+  else
+    rm -f "$out/ours_${name}_avx2_kernels.txt"
+  fi
 done
 
 echo "== peak memory of lstm-train on ptb_lstm_book_better (30 steps)"

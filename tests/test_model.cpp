@@ -192,6 +192,32 @@ TEST(SoftmaxCrossEntropy, GivenColumnMaximaGiveTheSameBits) {
   }
 }
 
+// The AVX-512 passes compute each exp as the AVX2 ones do and add the
+// vectors of 8 in the same order, so losses and gradients keep every bit.
+TEST(SoftmaxCrossEntropy, Avx512PassesGiveTheAvx2Bits) {
+  if (!avx512_kernel_available()) {
+    GTEST_SKIP() << "this build has no AVX-512 kernel (the CPU lacks AVX-512F, or the build is portable)";
+  }
+  // 1003 leaves a remainder after the 32-float blocks and a tail of 3. The
+  // spread of 100 sends some exps below the smallest normal float.
+  constexpr int kVocab = 1003, kColumns = 5;
+  Rng rng(29);
+  Matrix logits(kVocab, kColumns);
+  fill_uniform(logits, rng, 100.0f);
+  const auto targets = random_ids(kColumns, kVocab, rng);
+  for (const std::optional<float> scale : {std::optional<float>(), std::optional<float>(0.25f)}) {
+    Matrix avx2 = logits, avx512 = logits;
+    std::vector<float> avx2_losses(kColumns), avx512_losses(kColumns);
+    set_avx512_kernels(false);
+    softmax_cross_entropy(avx2, nullptr, targets.data(), avx2_losses.data(), scale);
+    set_avx512_kernels(true);
+    softmax_cross_entropy(avx512, nullptr, targets.data(), avx512_losses.data(), scale);
+    EXPECT_EQ(avx512_losses, avx2_losses) << (scale ? "training" : "evaluation");
+    EXPECT_EQ(std::memcmp(avx512.data(), avx2.data(), sizeof(float) * avx2.size()), 0)
+        << (scale ? "training" : "evaluation");
+  }
+}
+
 TEST(SoftmaxCrossEntropy, HugeLogitsStayFinite) {
   // Relative to the reference, with an absolute floor of the same size for
   // losses near zero, plus one float ulp of the largest logit. The op adds the

@@ -109,11 +109,62 @@ TEST_P(PackedProduct, LogitsEpilogueAddsBiasAndFindsColumnMaxima) {
   }
 }
 
+// The AVX-512 kernels against the AVX2 ones, which run the same FMAs per
+// element in the same order. Every product must come out bit for bit the
+// same, so that the choice of kernel never changes a run's numbers.
+TEST_P(PackedProduct, Avx512KernelsGiveTheAvx2Bits) {
+  if (!avx512_kernel_available()) {
+    GTEST_SKIP() << "this build has no AVX-512 kernel (the CPU lacks AVX-512F, or the build is portable)";
+  }
+  const Shape s = GetParam();
+  Rng rng(17);
+  for (Trans trans : {Trans::kNo, Trans::kYes}) {
+    const Matrix a = random_left_operand(s, trans, rng);
+    const Matrix b = random_matrix(s.depth, s.cols, rng);
+    const Matrix bt = b.transpose();
+    const Matrix c0 = random_matrix(s.rows, s.cols, rng);
+    Vector bias(s.rows);
+    fill_uniform(bias, rng, 4.0f);
+    PackedMatrix packed(s.rows, s.depth);
+    packed.pack(a, trans);
+
+    // One matrix contains every product, side by side.
+    auto all_products = [&](bool avx512, std::vector<float>& lanes) {
+      set_avx512_kernels(avx512);
+      Matrix out(s.rows, 3 * s.cols);
+      MatRef plain = out.leftCols(s.cols), transposed = out.middleCols(s.cols, s.cols);
+      MatRef logits = out.rightCols(s.cols);
+      plain = c0;
+      packed.multiply(b, 1.0f, plain);
+      packed.multiply_transposed(bt, 0.0f, transposed);
+      packed.multiply_logits(b, bias.data(), logits, lanes.data());
+      set_avx512_kernels(true);
+      return out;
+    };
+    std::vector<float> lanes_avx2(static_cast<std::size_t>(s.cols) * PackedMatrix::kMaxLanes);
+    std::vector<float> lanes_avx512(lanes_avx2.size());
+    const Matrix avx2 = all_products(false, lanes_avx2);
+    const Matrix avx512 = all_products(true, lanes_avx512);
+    EXPECT_EQ(std::memcmp(avx2.data(), avx512.data(), sizeof(float) * avx2.size()), 0)
+        << (trans == Trans::kNo ? "op(a) = a" : "op(a) = a^T");
+    for (int j = 0; j < s.cols; ++j) {
+      const float* max_avx2 = lanes_avx2.data() + static_cast<std::size_t>(j) * PackedMatrix::kMaxLanes;
+      const float* max_avx512 = lanes_avx512.data() + static_cast<std::size_t>(j) * PackedMatrix::kMaxLanes;
+      EXPECT_EQ(*std::max_element(max_avx2, max_avx2 + PackedMatrix::kMaxLanes),
+                *std::max_element(max_avx512, max_avx512 + PackedMatrix::kMaxLanes))
+          << "column " << j;
+    }
+  }
+}
+
+// Rows 100, 40 and 24 leave a last panel of at most 8 rows, which the
+// AVX-512 kernels run as the tail of the panels before it.
 INSTANTIATE_TEST_SUITE_P(Shapes, PackedProduct,
                          ::testing::Values(Shape{16, 8, 1}, Shape{400, 100, 10}, Shape{100, 400, 20},
                                            Shape{37, 29, 13}, Shape{5, 3, 7}, Shape{2600, 650, 6},
                                            Shape{650, 2600, 5}, Shape{100, 1300, 9}, Shape{700, 100, 31},
-                                           Shape{650, 700, 12}));
+                                           Shape{650, 700, 12}, Shape{40, 33, 12}, Shape{24, 17, 11},
+                                           Shape{100, 700, 25}));
 
 TEST(PackedProduct, ColumnSplitKeepsEveryBit) {
   // Threads multiply disjoint column ranges, and each output must be the same

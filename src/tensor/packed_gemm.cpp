@@ -1,8 +1,10 @@
 #include "tensor/packed_gemm.h"
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <limits>
+#include <utility>
 
 #include "tensor/memory.h"
 #include "tensor/parallel.h"
@@ -10,6 +12,9 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define LSTM_PACKED_AVX2 1
+#if defined(__AVX512F__)
+#define LSTM_PACKED_AVX512 1
+#endif
 #endif
 
 namespace lstm {
@@ -19,11 +24,14 @@ namespace {
 constexpr int kRows = PackedMatrix::kPanelRows;
 constexpr int kMaxLanes = PackedMatrix::kMaxLanes;
 bool g_packed_products = true;
+bool g_avx512_kernels = true;
 // Widest column tile: 2 x kMaxTile accumulators plus the two panel loads and
 // one broadcast fit the 16 vector registers of AVX2.
 constexpr int kMaxTile = 6;
+// The same with AVX-512's 32 registers, for a kernel over two panels.
+constexpr int kMaxTile512 = 12;
 // Bytes of panels multiply() keeps in cache while the column tiles pass over
-// them: a quarter of the 512 KiB L2 of the development machine's cores.
+// them: a quarter of the 512 KiB L2 of a Zen 3 core, where this was tuned.
 constexpr std::size_t kBlockBytes = 128 * 1024;
 // Maximum run of k that one kernel call sums: a panel's slice of it is 32 KiB. Each
 // output element is the sum of its slices, added in order of k.
@@ -129,6 +137,90 @@ void panel_kernel(const float* panel, int depth, const float* b, Eigen::Index ld
   }
 }
 
+#ifdef LSTM_PACKED_AVX512
+
+// The AVX-512 form of panel_kernel(): one 512-bit vector contains a panel's 16
+// rows at one k, and the kernel runs kPanels panels at once, so that each
+// broadcast of b feeds kPanels FMAs. With kTail, it also runs the first 8
+// rows of the next panel in a 256-bit vector: a last panel of at most 8 rows
+// (H = 100 leaves 4) then rides along with the panels before it instead of
+// paying a call of its own, which costs as many loads of b as a full one.
+// panel_stride is the distance in floats from one panel to the next. Each
+// accumulator lane goes through the same FMAs in the same order as in
+// panel_kernel(), so the two give the same bits.
+template <int NR, int kPanels, bool kTail, bool kTransB, bool kLogits>
+void panel_kernel_512(const float* panel, std::size_t panel_stride, int depth, const float* b, Eigen::Index ldb,
+                      float beta, int valid, float* c, Eigen::Index ldc, const float* bias, float* column_max) {
+  __m512 acc[kPanels][NR];
+  __m256 tail[NR];
+#pragma GCC unroll 12
+  for (int j = 0; j < NR; ++j) {
+#pragma GCC unroll 2
+    for (int q = 0; q < kPanels; ++q) acc[q][j] = _mm512_setzero_ps();
+    if constexpr (kTail) tail[j] = _mm256_setzero_ps();
+  }
+  const float* tail_panel = panel + kPanels * panel_stride;
+  for (int k = 0; k < depth; ++k) {
+    if constexpr (kTransB) {
+      const float* ahead = b_element<true>(b, ldb, k + kPrefetchAhead, 0);
+      _mm_prefetch(reinterpret_cast<const char*>(ahead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + NR - 1), _MM_HINT_T0);
+    }
+    __m512 a[kPanels];
+#pragma GCC unroll 2
+    for (int q = 0; q < kPanels; ++q) {
+      a[q] = _mm512_loadu_ps(panel + q * panel_stride + static_cast<std::size_t>(k) * kRows);
+    }
+    __m256 a_tail = _mm256_setzero_ps();
+    if constexpr (kTail) a_tail = _mm256_loadu_ps(tail_panel + static_cast<std::size_t>(k) * kRows);
+#pragma GCC unroll 12
+    for (int j = 0; j < NR; ++j) {
+      const __m512 bj16 = _mm512_set1_ps(*b_element<kTransB>(b, ldb, k, j));
+#pragma GCC unroll 2
+      for (int q = 0; q < kPanels; ++q) acc[q][j] = _mm512_fmadd_ps(a[q], bj16, acc[q][j]);
+      if constexpr (kTail) tail[j] = _mm256_fmadd_ps(a_tail, _mm512_castps512_ps256(bj16), tail[j]);
+    }
+  }
+  if (!kTail && valid == kPanels * kRows) {
+#pragma GCC unroll 12
+    for (int j = 0; j < NR; ++j) {
+      float* cj = c + j * ldc;
+      __m512 largest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+#pragma GCC unroll 2
+      for (int q = 0; q < kPanels; ++q) {
+        __m512& sum = acc[q][j];
+        if (beta != 0.0f) sum = _mm512_add_ps(_mm512_loadu_ps(cj + q * kRows), sum);
+        if constexpr (kLogits) {
+          sum = _mm512_add_ps(sum, _mm512_loadu_ps(bias + q * kRows));
+          largest = _mm512_max_ps(largest, sum);
+        }
+        _mm512_storeu_ps(cj + q * kRows, sum);
+      }
+      if constexpr (kLogits) {
+        float* lanes = column_max + j * kMaxLanes;
+        const __m256 halves = _mm256_max_ps(_mm512_castps512_ps256(largest), _mm512_extractf32x8_ps(largest, 1));
+        _mm256_storeu_ps(lanes, _mm256_max_ps(_mm256_loadu_ps(lanes), halves));
+      }
+    }
+    return;
+  }
+  // A last panel, or a tail: through a local buffer, as in panel_kernel().
+  constexpr int kOutRows = kPanels * kRows + (kTail ? 8 : 0);
+  alignas(64) float out[NR][kOutRows];
+#pragma GCC unroll 12
+  for (int j = 0; j < NR; ++j) {
+#pragma GCC unroll 2
+    for (int q = 0; q < kPanels; ++q) _mm512_storeu_ps(out[j] + q * kRows, acc[q][j]);
+    if constexpr (kTail) _mm256_storeu_ps(out[j] + kPanels * kRows, tail[j]);
+  }
+  for (int j = 0; j < NR; ++j) {
+    store_column(out[j], beta, valid, c + j * ldc);
+    if constexpr (kLogits) add_bias_and_max(bias, valid, c + j * ldc, column_max + j * kMaxLanes);
+  }
+}
+
+#endif
+
 #else
 
 // The same order of operations in plain C++, for builds without AVX2.
@@ -154,16 +246,45 @@ void panel_kernel(const float* panel, int depth, const float* b, Eigen::Index ld
 using PanelKernel = void (*)(const float*, int, const float*, Eigen::Index, float, int, float*,
                              Eigen::Index, const float*, float*);
 
+template <bool kTransB, bool kLogits, int kVectors, std::size_t... NR>
+constexpr std::array<PanelKernel, sizeof...(NR) + 1> kernel_table(std::index_sequence<NR...>) {
+  return {nullptr, panel_kernel<static_cast<int>(NR) + 1, kVectors, kTransB, kLogits>...};
+}
+
 // Kernels by tile width. kVectors 1 serves a last panel of at most 8 rows.
 template <bool kTransB, bool kLogits, int kVectors = 2>
-constexpr PanelKernel kKernels[kMaxTile + 1] = {
-    nullptr,
-    panel_kernel<1, kVectors, kTransB, kLogits>,
-    panel_kernel<2, kVectors, kTransB, kLogits>,
-    panel_kernel<3, kVectors, kTransB, kLogits>,
-    panel_kernel<4, kVectors, kTransB, kLogits>,
-    panel_kernel<5, kVectors, kTransB, kLogits>,
-    panel_kernel<6, kVectors, kTransB, kLogits>};
+constexpr auto kKernels = kernel_table<kTransB, kLogits, kVectors>(std::make_index_sequence<kMaxTile>());
+
+#ifdef LSTM_PACKED_AVX512
+
+using PanelKernel512 = void (*)(const float*, std::size_t, int, const float*, Eigen::Index, float, int, float*,
+                                Eigen::Index, const float*, float*);
+
+template <bool kTransB, bool kLogits, int kPanels, bool kTail, std::size_t... NR>
+constexpr std::array<PanelKernel512, sizeof...(NR) + 1> kernel_table_512(std::index_sequence<NR...>) {
+  return {nullptr, panel_kernel_512<static_cast<int>(NR) + 1, kPanels, kTail, kTransB, kLogits>...};
+}
+
+// Widest tile of a kernel with a tail: three accumulators per column.
+constexpr int kMaxTailTile = 9;
+
+// AVX-512 kernels by tile width, over one or two panels and perhaps a tail.
+template <bool kTransB, bool kLogits, int kPanels, bool kTail = false>
+constexpr auto kKernels512 = kernel_table_512<kTransB, kLogits, kPanels, kTail>(
+    std::make_index_sequence<kTail ? kMaxTailTile : kMaxTile512>());
+
+template <bool kTransB, bool kLogits>
+const PanelKernel512* kernels_512(int panels, bool tail) {
+  if (panels == 2) return tail ? kKernels512<kTransB, kLogits, 2, true>.data() : kKernels512<kTransB, kLogits, 2>.data();
+  return tail ? kKernels512<kTransB, kLogits, 1, true>.data() : kKernels512<kTransB, kLogits, 1>.data();
+}
+
+template <bool kTransB>
+const PanelKernel512* kernels_512(int panels, bool tail, bool epilogue) {
+  return epilogue ? kernels_512<kTransB, true>(panels, tail) : kernels_512<kTransB, false>(panels, tail);
+}
+
+#endif
 
 }  // namespace
 
@@ -226,9 +347,15 @@ void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatR
   if (logits) {
     std::fill_n(column_max, static_cast<std::size_t>(n) * kMaxLanes, -std::numeric_limits<float>::infinity());
   }
+#ifdef LSTM_PACKED_AVX512
+  const bool wide = g_avx512_kernels;
+#else
+  const bool wide = false;
+#endif
   // Tiles of nearly equal width: a narrow last tile would have too few
   // independent accumulators to hide the latency of its FMAs.
-  const int tiles = (n + kMaxTile - 1) / kMaxTile;
+  const int max_tile = wide ? kMaxTile512 : kMaxTile;
+  const int tiles = (n + max_tile - 1) / max_tile;
   // The depth goes in slices of kDepthBlock, and the panels' slices in blocks
   // small enough to stay in L2 while every tile of b passes over them. Within
   // a block each tile writes its columns top to bottom: with tall c (the
@@ -239,29 +366,59 @@ void PackedMatrix::run(const float* b, Eigen::Index ldb, int n, float beta, MatR
   const int slice = kTransB ? std::clamp(static_cast<int>(kTransposedSliceBytes / (panels_ * kRows * sizeof(float))),
                                          64, kDepthBlock)
                             : kDepthBlock;
+  const std::size_t panel_stride = static_cast<std::size_t>(cols_) * kRows;
+  // Whether the last panel has at most 8 rows in use.
+  const bool half_last = rows_ - (panels_ - 1) * kRows <= kRows / 2;
   for (int k0 = 0; k0 < cols_; k0 += slice) {
     const int depth = std::min(slice, cols_ - k0);
     const float slice_beta = k0 == 0 ? beta : 1.0f;
     const bool last_slice = k0 + depth == cols_;
     const bool epilogue = logits && last_slice;
-    const PanelKernel* kernels = epilogue ? kKernels<kTransB, true> : kKernels<kTransB, false>;
-    const PanelKernel* half_kernels = epilogue ? kKernels<kTransB, true, 1> : kKernels<kTransB, false, 1>;
+    const auto& kernels = epilogue ? kKernels<kTransB, true> : kKernels<kTransB, false>;
+    const auto& half_kernels = epilogue ? kKernels<kTransB, true, 1> : kKernels<kTransB, false, 1>;
     const std::size_t slice_bytes = static_cast<std::size_t>(depth) * kRows * sizeof(float);
-    const int block = kTransB ? panels_ : static_cast<int>(std::max<std::size_t>(1, kBlockBytes / slice_bytes));
+    int block = kTransB ? panels_ : static_cast<int>(std::max<std::size_t>(1, kBlockBytes / slice_bytes));
+    // The two-panel kernel takes panels in pairs, so blocks hold an even number.
+    if (wide && !kTransB) block = std::max(2, block & ~1);
     for (int p0 = 0; p0 < panels_; p0 += block) {
       const int p1 = std::min(panels_, p0 + block);
       for (int tile = 0; tile < tiles; ++tile) {
         const int j = n * tile / tiles;
         const int width = n * (tile + 1) / tiles - j;
         const float* b_tile = b_element<kTransB>(b, ldb, k0, j);
-        for (int p = p0; p < p1; ++p) {
+        float* c_tile = c.data() + j * c.outerStride();
+        float* max_tile_lanes = logits ? column_max + static_cast<std::size_t>(j) * kMaxLanes : nullptr;
+        for (int p = p0; p < p1;) {
           const int first = p * kRows;
+          const float* panel = data_.data() + p * panel_stride + static_cast<std::size_t>(k0) * kRows;
+          const float* panel_bias = logits ? bias + first : nullptr;
+#ifdef LSTM_PACKED_AVX512
+          if (wide) {
+            // Panels in pairs. A last panel of at most 8 rows goes as the
+            // tail of the one or two before it, in two calls of half the
+            // tile when the tile is wider than such a kernel.
+            const int rest = p1 - p;
+            const bool tail = half_last && p1 == panels_ && rest >= 2 && rest <= 3;
+            const int panels = std::min(2, rest - (tail ? 1 : 0));
+            const int valid = std::min(panels * kRows + (tail ? 8 : 0), rows_ - first);
+            const PanelKernel512* table = kernels_512<kTransB>(panels, tail, epilogue);
+            const int parts = tail && width > kMaxTailTile ? 2 : 1;
+            for (int part = 0; part < parts; ++part) {
+              const int j0 = width * part / parts;
+              table[width * (part + 1) / parts - j0](
+                  panel, panel_stride, depth, b_element<kTransB>(b_tile, ldb, 0, j0), ldb, slice_beta, valid,
+                  c_tile + j0 * c.outerStride() + first, c.outerStride(), panel_bias,
+                  logits ? max_tile_lanes + j0 * kMaxLanes : nullptr);
+            }
+            p += panels + (tail ? 1 : 0);
+            continue;
+          }
+#endif
           const int valid = std::min(kRows, rows_ - first);
-          const float* panel = data_.data() + (static_cast<std::size_t>(p) * cols_ + k0) * kRows;
           const PanelKernel kernel = (valid <= kRows / 2 ? half_kernels : kernels)[width];
-          kernel(panel, depth, b_tile, ldb, slice_beta, valid, c.data() + j * c.outerStride() + first,
-                 c.outerStride(), logits ? bias + first : nullptr,
-                 logits ? column_max + static_cast<std::size_t>(j) * kMaxLanes : nullptr);
+          kernel(panel, depth, b_tile, ldb, slice_beta, valid, c_tile + first, c.outerStride(), panel_bias,
+                 max_tile_lanes);
+          ++p;
         }
       }
     }
@@ -298,6 +455,18 @@ bool packed_kernel_available() {
 }
 
 void set_packed_products(bool enabled) { g_packed_products = enabled; }
+
+bool avx512_kernel_available() {
+#ifdef LSTM_PACKED_AVX512
+  return true;
+#else
+  return false;
+#endif
+}
+
+void set_avx512_kernels(bool enabled) { g_avx512_kernels = enabled; }
+
+bool avx512_kernels() { return g_avx512_kernels && avx512_kernel_available(); }
 
 bool packed_products() { return g_packed_products && packed_kernel_available(); }
 

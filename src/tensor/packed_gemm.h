@@ -5,9 +5,9 @@
 // The recurrent product of a window, Wh (G x H) times h_{t-1} (H x B), has
 // few columns (the streams one thread handles) and runs once per step with
 // the same Wh. A general GEMM copies Wh into its own layout at every call,
-// and with B of 5 to 20 that copy is a large share of the call. On one core of
-// the development machine, the 2x650 model's step shapes ran at 83 to 90 GFLOP/s
-// here and at 20 to 65 through OpenBLAS (`lstm-bench` prints both).
+// and with B of 5 to 20 that copy is a large share of the call. On one AMD Zen 3
+// core, the 2x650 model's step shapes ran at 83 to 90 GFLOP/s here and at 20
+// to 65 through OpenBLAS (`lstm-bench` prints both).
 // The decoder's products (logits = W^T h, dh = W dlogits, dW = h dlogits^T)
 // have V = 10000 on one side and a small H on another. There OpenBLAS copies
 // its operands and zeroes the V x T*B logits at every call, while this layout
@@ -16,8 +16,10 @@
 // PackedMatrix copies op(A) into panels of kPanelRows rows, each stored
 // k-major (for every k, the panel's kPanelRows values are contiguous), and
 // multiply() streams the panels past tiles of up to 6 columns of b with a
-// register-blocked kernel. A last panel with at most half its rows in use
-// (H = 100 leaves 4) runs a kernel over its first half only.
+// register-blocked AVX2 kernel. A last panel with at most half its rows in
+// use (H = 100 leaves 4) runs a kernel over its first half only. Where the
+// build targets AVX-512, a kernel takes two panels and up to 12 columns at
+// once, and such a last panel rides along with the two before it.
 //
 // Every output element is a sum over k in increasing order, in slices of at
 // most 512 k that depend only on the shape of op(A). Neither the number of
@@ -93,5 +95,17 @@ bool packed_kernel_available();
 // process).
 void set_packed_products(bool enabled);
 bool packed_products();
+
+// True when the build targets AVX-512 (with -march=native on such a CPU).
+// Then the products above and the softmax use 512-bit kernels, which give
+// the same bits as the AVX2 ones: every element is computed by the same
+// operations in the same order, only more of them at once.
+bool avx512_kernel_available();
+
+// Whether the products and the softmax use the AVX-512 kernels where the
+// build has them (default true). Tests turn them off to compare the bits,
+// and lstm-bench to time both.
+void set_avx512_kernels(bool enabled);
+bool avx512_kernels();
 
 }  // namespace lstm
