@@ -38,13 +38,6 @@ double median(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Returns the name of the kernels that run the recurrent step products and
-// the decoder's products.
-const char* products_name() {
-  if (!packed_products()) return "blas";
-  return avx512_kernels() ? "packed avx512" : "packed avx2";
-}
-
 // Median GFLOP/s of `repeats` calls of product, which does `flops` each,
 // after one untimed call.
 template <typename Product>
@@ -343,12 +336,13 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed steps first (default: 5)")->check(CLI::Range(0, 100000));
   app.add_flag("--json", as_json, "print one JSON object");
   app.add_flag("--sweep", sweep, "sweep hidden size 100/200/650/1500 and batch size 1/20/64 (LSTM, E = H)");
-  app.add_flag("--blas-products", blas_products,
+  auto* blas_flag = app.add_flag("--blas-products", blas_products,
                "run the recurrent step products and the decoder's three products through the BLAS instead of "
                "the packed kernel, for comparison");
   app.add_flag("--avx2-kernels", avx2_kernels,
                "run the packed products and the softmax with their AVX2 kernels on a CPU with AVX-512, for "
-               "comparison (the results are the same bits)");
+               "comparison (the results are the same bits); no effect on a CPU without AVX-512")
+      ->excludes(blas_flag);
   if (const int code = parse_command_line(app, argc, argv); code >= 0) return code;
 
   return run_reporting_errors([&]() -> int {
@@ -360,7 +354,7 @@ int main(int argc, char** argv) {
     if (sweep) {
       std::printf("threads %d, %s, %s products; each fraction divides a training step's GFLOP/s by a 1024^3 "
                   "sgemm timed right after it (now %.1f GFLOP/s; eigen: %.1f GFLOP/s)\n",
-                  num_threads(), gemm_backend(), products_name(), probe.measure(), eigen_peak);
+                  num_threads(), gemm_backend(), packed_products_name(), probe.measure(), eigen_peak);
       std::printf("| hidden | batch | train tok/s | train GFLOP/s | fraction of bound | eval tok/s |\n");
       std::printf("|---:|---:|---:|---:|---:|---:|\n");
       for (int hidden : {100, 200, 650, 1500}) {
@@ -412,7 +406,7 @@ int main(int argc, char** argv) {
       const nlohmann::json out = {{"config", config_path},
                                   {"threads", num_threads()},
                                   {"backend", gemm_backend()},
-                                  {"products", products_name()},
+                                  {"products", packed_products_name()},
                                   {"batch_size", s.train.batch_size},
                                   {"eval_batch_size", s.eval.batch_size},
                                   {"bptt", s.train.bptt},
@@ -451,7 +445,7 @@ int main(int argc, char** argv) {
     } else {
       std::printf("config            %s (batch %d, eval batch %d, bptt %d, V %d, %d threads, %s products)\n",
                   config_path.c_str(), s.train.batch_size, s.eval.batch_size, s.train.bptt, vocab, num_threads(),
-                  products_name());
+                  packed_products_name());
       std::printf("sgemm 1024^3      %.1f GFLOP/s after training steps, %.1f after evaluation steps (%s), "
                   "eigen %.1f GFLOP/s\n",
                   times.train_peak_gflops, times.eval_peak_gflops, gemm_backend(), eigen_peak);
@@ -467,7 +461,7 @@ int main(int argc, char** argv) {
                   eval_forward.packed, eval_forward.blas);
       std::printf("decoder products  GFLOP/s, %s, %d threads: logits %dx%dx%d %.1f, dW %dx%dx%d %.1f, "
                   "dh %dx%dx%d %.1f; sgemm 1024^3 right after %.1f\n",
-                  products_name(), num_threads(), vocab, s.model.hidden_size, columns,
+                  packed_products_name(), num_threads(), vocab, s.model.hidden_size, columns,
                   decoder.logits, s.model.hidden_size, columns, vocab, decoder.weight_grad, s.model.hidden_size,
                   vocab, columns, decoder.input_grad, decoder_peak);
       std::printf("softmax           us per column of %d logits on one thread: eval %.2f, train %.2f; the column's "

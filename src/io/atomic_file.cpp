@@ -43,8 +43,13 @@ void set_write_fault_after_bytes(std::int64_t bytes) { g_fault_after.store(bytes
 
 void write_file_atomically(const std::filesystem::path& path, const std::vector<std::string_view>& parts) {
   const std::filesystem::path folder = path.has_parent_path() ? path.parent_path() : ".";
-  const std::filesystem::path temp =
-      folder / ("." + path.filename().string() + ".tmp." + std::to_string(::getpid()));
+  // Appended piece by piece: GCC 12 reports a chain of string operator+ here
+  // as an overlapping memcpy (-Wrestrict), which it is not.
+  std::string temp_name = ".";
+  temp_name += path.filename().string();
+  temp_name += ".tmp.";
+  temp_name += std::to_string(::getpid());
+  const std::filesystem::path temp = folder / temp_name;
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail(path, "cannot create a temporary file in its folder", errno);
 

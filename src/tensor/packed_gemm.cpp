@@ -468,6 +468,11 @@ void set_avx512_kernels(bool enabled) { g_avx512_kernels = enabled; }
 
 bool avx512_kernels() { return g_avx512_kernels && avx512_kernel_available(); }
 
+const char* packed_products_name() {
+  if (!packed_products()) return "blas";
+  return avx512_kernels() ? "packed avx512" : "packed avx2";
+}
+
 bool packed_products() { return g_packed_products && packed_kernel_available(); }
 
 }  // namespace lstm

@@ -108,4 +108,8 @@ bool avx512_kernel_available();
 void set_avx512_kernels(bool enabled);
 bool avx512_kernels();
 
+// Names the kernels that run the recurrent step products and the decoder's
+// products from now on: "packed avx512", "packed avx2" or "blas".
+const char* packed_products_name();
+
 }  // namespace lstm

@@ -14,6 +14,7 @@
 #include "util/version.h"
 #include "model/model.h"
 #include "tensor/gemm.h"
+#include "tensor/packed_gemm.h"
 #include "train/evaluate.h"
 #include "train/optimizer.h"
 #include "util/error.h"
@@ -177,8 +178,8 @@ void Training::prepare_run_dir() {
 }
 
 void Training::log_header() const {
-  spdlog::info("lstm-train {} ({}), {} threads, matrix products by {}", kVersion, kGitCommit, num_threads(),
-               gemm_backend());
+  spdlog::info("lstm-train {} ({}), {} threads, {} recurrent and decoder products, other matrix products by {}",
+               kVersion, kGitCommit, num_threads(), packed_products_name(), gemm_backend());
   spdlog::info("  run_dir            {}", run_dir_.string());
   spdlog::info("  model              {} x{} layers, E={} H={} V={}, dropout {}{}{}",
                cell_name(s_.model.cell), s_.model.num_layers, s_.model.embedding_size,
