@@ -131,9 +131,22 @@ TEST(ConfigFile, ErrorNamesFileAsSource) {
 }
 
 TEST(ConfigKeys, UnknownKeySuggestsSameSection) {
-  const std::string message = error_for_document(json::parse(R"({"train": {"learning_rate": 1}})"));
-  EXPECT_NE(message.find("\"train.learning_rate\""), std::string::npos) << message;
-  EXPECT_NE(message.find("did you mean \"train."), std::string::npos) << message;
+  const std::string message = error_for_document(json::parse(R"({"train": {"batch": 1}})"));
+  EXPECT_NE(message.find("\"train.batch\""), std::string::npos) << message;
+  EXPECT_NE(message.find("did you mean \"train.batch_size\""), std::string::npos) << message;
+}
+
+TEST(ConfigKeys, OtherToolsNamesSuggestOurKeys) {
+  // Spellings from PyTorch's word_language_model and elsewhere, which the
+  // closest key by edit distance would get wrong.
+  const std::pair<const char*, const char*> cases[] = {
+      {"train.learning_rate=5", "train.lr"}, {"clip=0.5", "train.clip_norm"}, {"model.tied=true", "model.tie_weights"},
+      {"nhid=200", "model.hidden_size"},     {"emsize=200", "model.embedding_size"}};
+  for (const auto& [override_text, key] : cases) {
+    const std::string message = error_for_override(override_text);
+    EXPECT_NE(message.find(std::string("did you mean \"") + key + "\""), std::string::npos)
+        << override_text << ": " << message;
+  }
 }
 
 TEST(ConfigKeys, MisspelledKeySuggestsExactKey) {

@@ -127,10 +127,29 @@ std::string last_segment(const std::string& key) {
   return dot == std::string::npos ? key : key.substr(dot + 1);
 }
 
-// Returns the quoted suggestion for an unknown key. Every schema key with the
-// same last segment is offered ("lr" gives "train.lr"), else the closest key.
+// Names that other language-model trainers give to our keys (PyTorch's
+// word_language_model example and common spellings), which edit distance
+// would map to unrelated keys: "learning_rate" is closest to "log_interval".
+const std::vector<std::pair<std::string_view, std::string_view>>& key_aliases() {
+  static const std::vector<std::pair<std::string_view, std::string_view>> aliases = {
+      {"learning_rate", "train.lr"},       {"clip", "train.clip_norm"},
+      {"grad_clip", "train.clip_norm"},    {"max_grad_norm", "train.clip_norm"},
+      {"tied", "model.tie_weights"},       {"nhid", "model.hidden_size"},
+      {"emsize", "model.embedding_size"},  {"nlayers", "model.num_layers"},
+  };
+  return aliases;
+}
+
+// Returns the quoted suggestion for an unknown key. A known alias gives its
+// key. Otherwise every schema key with the same last segment is offered ("lr"
+// gives "train.lr"), else a key that begins with the unknown one ("train.batch"
+// gives "train.batch_size"), else the closest key by edit distance.
 std::string suggest_key(const std::string& key) {
   const std::string leaf = last_segment(key);
+  for (const auto& [alias, target] : key_aliases()) {
+    if (leaf == alias) return "\"" + std::string(target) + "\"";
+  }
+  std::string completion;
   std::string same_leaf;
   std::string closest;
   std::size_t closest_distance = std::numeric_limits<std::size_t>::max();
@@ -139,13 +158,15 @@ std::string suggest_key(const std::string& key) {
       same_leaf += same_leaf.empty() ? "\"" : " or \"";
       same_leaf += std::string(spec.key) + "\"";
     }
+    if (completion.empty() && std::string_view(spec.key).starts_with(key)) completion = spec.key;
     const std::size_t distance = edit_distance(key, spec.key);
     if (distance < closest_distance) {
       closest_distance = distance;
       closest = spec.key;
     }
   }
-  return same_leaf.empty() ? "\"" + closest + "\"" : same_leaf;
+  if (!same_leaf.empty()) return same_leaf;
+  return "\"" + (completion.empty() ? closest : completion) + "\"";
 }
 
 // A value as JSON text for messages; invalid UTF-8 in strings is replaced
