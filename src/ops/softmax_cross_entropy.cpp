@@ -10,6 +10,11 @@
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+// The same condition as the AVX-512 kernels of tensor/packed_gemm.cpp, so
+// that avx512_kernel_available() speaks for both.
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#define LSTM_SOFTMAX_AVX512 1
+#endif
 #endif
 
 namespace lstm {
@@ -42,7 +47,7 @@ struct Avx2Ops {
   static V zero_where(Mask mask, V x) { return _mm256_andnot_ps(mask, x); }
 };
 
-#ifdef __AVX512F__
+#ifdef LSTM_SOFTMAX_AVX512
 struct Avx512Ops {
   using V = __m512;
   using Mask = __mmask16;
@@ -143,7 +148,7 @@ float column_loss_and_grad(float* z, Eigen::Index v, const float* bias, const fl
   // exp at once and however wide: a 512-bit vector adds its low half, then
   // its high half.
   Eigen::Index i = 0;
-#ifdef __AVX512F__
+#ifdef LSTM_SOFTMAX_AVX512
   if (avx512) {
     const __m512 shift16 = _mm512_set1_ps(max_logit);
     for (; i + 16 * kExpVectors512 <= vectors; i += 16 * kExpVectors512) {
@@ -186,7 +191,7 @@ float column_loss_and_grad(float* z, Eigen::Index v, const float* bias, const fl
     const float scale = *grad_scale / sum;
     const __m256 scale8 = _mm256_set1_ps(scale);
     Eigen::Index i = 0;
-#ifdef __AVX512F__
+#ifdef LSTM_SOFTMAX_AVX512
     if (avx512) {
       const __m512 scale16 = _mm512_set1_ps(scale);
       for (; i + 16 <= vectors; i += 16) _mm512_storeu_ps(z + i, _mm512_mul_ps(_mm512_loadu_ps(z + i), scale16));

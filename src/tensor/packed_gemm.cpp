@@ -12,7 +12,9 @@
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define LSTM_PACKED_AVX2 1
-#if defined(__AVX512F__)
+// _mm512_extractf32x8_ps needs AVX512DQ, which every AVX-512 CPU since
+// Skylake-SP has (the Xeon Phi lacks it and keeps the AVX2 kernels).
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define LSTM_PACKED_AVX512 1
 #endif
 #endif
@@ -204,7 +206,8 @@ void panel_kernel_512(const float* panel, std::size_t panel_stride, int depth, c
     }
     return;
   }
-  // A last panel, or a tail: through a local buffer, as in panel_kernel().
+  // A last panel or a tail leaves the registers through a local buffer, as in
+  // panel_kernel().
   constexpr int kOutRows = kPanels * kRows + (kTail ? 8 : 0);
   alignas(64) float out[NR][kOutRows];
 #pragma GCC unroll 12
@@ -265,7 +268,7 @@ constexpr std::array<PanelKernel512, sizeof...(NR) + 1> kernel_table_512(std::in
   return {nullptr, panel_kernel_512<static_cast<int>(NR) + 1, kPanels, kTail, kTransB, kLogits>...};
 }
 
-// Widest tile of a kernel with a tail: three accumulators per column.
+// Widest tile of a kernel with a tail, which needs three accumulators per column.
 constexpr int kMaxTailTile = 9;
 
 // AVX-512 kernels by tile width, over one or two panels and perhaps a tail.

@@ -96,7 +96,7 @@ bool packed_kernel_available();
 void set_packed_products(bool enabled);
 bool packed_products();
 
-// True when the build targets AVX-512 (with -march=native on such a CPU).
+// True when the build targets AVX-512F and AVX-512DQ (-march=native on such a CPU).
 // Then the products above and the softmax use 512-bit kernels, which give
 // the same bits as the AVX2 ones: every element is computed by the same
 // operations in the same order, only more of them at once.
