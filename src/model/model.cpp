@@ -36,16 +36,32 @@ void fill_uniform(MatrixMap m, Rng& rng, float range) {
 // the B streams once and repeated at every step.
 void draw_dropout_mask(Matrix& mask, int steps, int batch, float p, bool variational, Rng& rng) {
   const float keep_scale = 1.0f / (1.0f - p);
-  const Eigen::Index rows = mask.rows();
-  const int drawn_cols = variational ? batch : steps * batch;
-  for (int j = 0; j < drawn_cols; ++j) {
-    for (Eigen::Index i = 0; i < rows; ++i) {
-      mask(i, j) = rng.uniform() < p ? 0.0f : keep_scale;
-    }
+  const Eigen::Index count = mask.rows() * (variational ? batch : steps * batch);
+  // A local copy keeps the generator's state in registers, and the product
+  // with 0 or 1 leaves no branch to mispredict: whether a unit is kept is a
+  // coin toss that no predictor can learn.
+  Rng local = rng;
+  float* out = mask.data();
+  for (Eigen::Index i = 0; i < count; ++i) {
+    const bool kept = !(local.uniform() < p);
+    out[i] = keep_scale * static_cast<float>(kept);
   }
+  rng = local;
   if (variational) {
     for (int t = 1; t < steps; ++t) mask.middleCols(t * batch, batch) = mask.leftCols(batch);
   }
+}
+
+// out = x * mask, element by element, over x's columns; the threads take
+// contiguous ranges of columns. out may be x.
+void apply_mask(const ConstMatRef& x, const Matrix& mask, MatRef out) {
+  const Eigen::Index cols = x.cols();
+  const int parts = num_threads();
+  parallel_for(parts, [&](Eigen::Index part) {
+    const Eigen::Index j0 = cols * part / parts;
+    const Eigen::Index n = cols * (part + 1) / parts - j0;
+    out.middleCols(j0, n).array() = x.middleCols(j0, n).array() * mask.middleCols(j0, n).array();
+  });
 }
 
 }  // namespace
@@ -182,7 +198,7 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
   for (int j = 0; j < TB; ++j) ws.embedded.col(j) = emb.col(ws.inputs[j]);
   if (ws.dropout_active) {
     draw_dropout_mask(ws.masks[0], steps, B, c.dropout, c.variational_dropout, *dropout_rng);
-    ws.embedded.leftCols(TB).array() *= ws.masks[0].leftCols(TB).array();
+    apply_mask(ws.embedded.leftCols(TB), ws.masks[0], ws.embedded.leftCols(TB));
   }
 
   // 2. Recurrent layers; each one's input is the previous output after dropout.
@@ -194,8 +210,7 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
     recurrent_forward(cache, model.layer_weights(l), input, steps, pack_wh);
     if (ws.dropout_active) {
       draw_dropout_mask(ws.masks[l + 1], steps, B, c.dropout, c.variational_dropout, *dropout_rng);
-      ws.dropped[l].leftCols(TB).array() =
-          cache.outputs(steps).array() * ws.masks[l + 1].leftCols(TB).array();
+      apply_mask(cache.outputs(steps), ws.masks[l + 1], ws.dropped[l].leftCols(TB));
     }
   }
   const ConstMatRef top = ws.dropout_active ? ConstMatRef(ws.dropped[L - 1].leftCols(TB))
@@ -274,7 +289,7 @@ void model_backward(LanguageModel& model, Workspace& ws, int steps) {
 
   // undo 2, top layer first; dropout masks scale the gradient as they scaled the value.
   for (int l = L - 1; l >= 0; --l) {
-    if (ws.dropout_active) d_out->leftCols(TB).array() *= ws.masks[l + 1].leftCols(TB).array();
+    if (ws.dropout_active) apply_mask(d_out->leftCols(TB), ws.masks[l + 1], d_out->leftCols(TB));
     const ConstMatRef input = l == 0 ? ConstMatRef(ws.embedded.leftCols(TB))
                               : ws.dropout_active ? ConstMatRef(ws.dropped[l - 1].leftCols(TB))
                                                   : ConstMatRef(ws.layers[l - 1].outputs(steps));
@@ -286,7 +301,7 @@ void model_backward(LanguageModel& model, Workspace& ws, int steps) {
   }
 
   // undo 1: each looked-up column adds its gradient to its word's row.
-  if (ws.dropout_active) ws.d_embedded.leftCols(TB).array() *= ws.masks[0].leftCols(TB).array();
+  if (ws.dropout_active) apply_mask(ws.d_embedded.leftCols(TB), ws.masks[0], ws.d_embedded.leftCols(TB));
   auto d_emb = model.embedding_grad();
   for (int j = 0; j < TB; ++j) d_emb.col(ws.inputs[j]) += ws.d_embedded.col(j);
 }
