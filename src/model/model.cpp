@@ -225,17 +225,17 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
   }
   const float* bias = model.decoder_bias().data();
   if (ws.packed_w.bytes() > 0 && TB >= kPackedDecoderColumns) {
-    // Each thread takes chunks of columns, and each chunk goes through the
-    // softmax right after its product, while its logits are still in cache.
-    // A chunk streams all of W once, so wider models take wider chunks.
+    // Each thread takes one range of columns: its product, then the softmax
+    // over them. Narrower chunks keep a chunk's logits in cache for the
+    // softmax, but each chunk streams all of W; on a Xeon with 2 MiB of L2
+    // per core, chunks of H / 2 columns made the logits and softmax 10%
+    // slower at H = 100 and 5% slower at H = 650.
     if (pack_every_window || !ws.decoder_packed) ws.packed_w.pack(model.decoder_weight(), Trans::kYes);
     ws.decoder_packed = true;
     const int threads = num_threads();
-    const int width = std::max(12, c.hidden_size / 2);
-    const int chunks = threads * ((TB + threads * width - 1) / (threads * width));
-    parallel_for(chunks, [&](Eigen::Index chunk) {
-      const int j0 = static_cast<int>(TB * chunk / chunks);
-      const int n = static_cast<int>(TB * (chunk + 1) / chunks) - j0;
+    parallel_for(threads, [&](Eigen::Index part) {
+      const int j0 = static_cast<int>(TB * part / threads);
+      const int n = static_cast<int>(TB * (part + 1) / threads) - j0;
       if (n == 0) return;
       auto block = logits.middleCols(j0, n);
       float* column_max = ws.column_max.col(j0).data();
