@@ -96,6 +96,8 @@ void forward_streams(RecurrentCache& cache, const RecurrentWeights& w, int steps
     auto g_t = cache.gates.middleCols(t * B + b0, nb);
     auto h_prev = cache.hbuf.middleCols(t * B + b0, nb);
     auto h_t = cache.hbuf.middleCols((t + 1) * B + b0, nb);
+    // 1, finished: the bias, added per step while the columns are in cache.
+    g_t.colwise() += w.b.col(0);
 
     switch (cache.cell) {
       case CellType::kRnn:
@@ -235,10 +237,10 @@ void recurrent_forward(RecurrentCache& cache, const RecurrentWeights& w, const C
   const int B = cache.batch;
   const int TB = steps * B;
 
-  // 1. Input projection and bias for all steps at once: gates = Wx X + b.
+  // 1. Input projection for all steps at once: gates = Wx X; the bias is
+  // added step by step.
   auto all_gates = cache.gates.leftCols(TB);
   gemm(Trans::kNo, Trans::kNo, 1.0f, w.wx, input, 0.0f, all_gates);
-  all_gates.colwise() += w.b.col(0);
 
   // Wh is constant through the window: lay it out once for the T products.
   if (cache.packed && pack_wh) {
