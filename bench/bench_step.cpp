@@ -270,7 +270,7 @@ StepTimes time_steps(const ModelConfig& model_config, const TrainSettings& train
     for (int s = 0; s < warmup + steps; ++s) {
       const auto start = Clock::now();
       const int T = batcher.fill(position, train.bptt, ws.inputs.data(), ws.targets.data());
-      model.params().grads().setZero();
+      model.params().zero_grads();
       model_forward(model, ws, T, /*training=*/true, &rng);
       model_backward(model, ws, T);
       const double norm = global_norm(model.params().grads());

@@ -264,7 +264,7 @@ TEST_P(StepLoop, TrainingStepsAllocateNothing) {
     }
     const int steps = batcher.fill(position, kBptt, ws.inputs.data(), ws.targets.data());
     position += steps;
-    params.grads().setZero();
+    params.zero_grads();
     loss_sum += model_forward(model, ws, steps, /*training=*/true, &dropout_rng);
     model_backward(model, ws, steps);
     const double norm = global_norm(params.grads());

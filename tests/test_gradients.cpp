@@ -249,7 +249,7 @@ class ModelGradientFixture {
   }
 
   Vector analytic_gradient() {
-    model_.params().grads().setZero();
+    model_.params().zero_grads();
     mean_loss();
     model_backward(model_, ws_, steps_);
     return model_.params().grads();

@@ -85,7 +85,7 @@ RunResult train(const ModelConfig& config, const TrainSettings& settings, int st
     }
     const int window = batcher.fill(position, settings.bptt, ws.inputs.data(), ws.targets.data());
     position += window;
-    params.grads().setZero();
+    params.zero_grads();
     const double loss_sum = model_forward(model, ws, window, /*training=*/true, &dropout_rng);
     model_backward(model, ws, window);
     clip_gradients(params.grads(), global_norm(params.grads()), settings.clip_norm);

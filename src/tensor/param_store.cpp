@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "tensor/memory.h"
+#include "tensor/parallel.h"
 
 namespace lstm {
 
@@ -42,6 +43,15 @@ MatrixMap ParamStore::map(Vector& flat, const TensorEntry& e) {
   const Eigen::Index rows = e.shape.size() == 2 ? e.shape[1] : e.shape[0];
   const Eigen::Index cols = e.shape.size() == 2 ? e.shape[0] : 1;
   return MatrixMap(flat.data() + e.offset, rows, cols);
+}
+
+void ParamStore::zero_grads() {
+  const Eigen::Index n = grads_.size();
+  const int parts = num_threads();
+  parallel_for(parts, [&](Eigen::Index part) {
+    const Eigen::Index begin = n * part / parts;
+    grads_.segment(begin, n * (part + 1) / parts - begin).setZero();
+  });
 }
 
 }  // namespace lstm

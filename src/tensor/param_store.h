@@ -42,6 +42,8 @@ class ParamStore {
   Vector& values() { return values_; }
   const Vector& values() const { return values_; }
   Vector& grads() { return grads_; }
+  // Sets every gradient to zero, the threads taking a range each.
+  void zero_grads();
   const Vector& grads() const { return grads_; }
 
  private:

@@ -331,7 +331,7 @@ int Training::run() {
     while (st_.position < batcher_->positions()) {
       const auto step_start = Clock::now();
       const int steps = batcher_->fill(st_.position, t.bptt, train_ws_->inputs.data(), train_ws_->targets.data());
-      model_->params().grads().setZero();
+      model_->params().zero_grads();
       const double loss_sum = model_forward(*model_, *train_ws_, steps, /*training=*/true, &dropout_rng_,
                                             t.loss_reduction);
       model_backward(*model_, *train_ws_, steps);
