@@ -1,5 +1,6 @@
 // The packed product used by the recurrence against a double-precision
-// reference, over shapes that exercise partial panels and column tiles.
+// reference, over shapes that exercise partial panels and column tiles, and
+// gemm()'s split of a large product among threads.
 
 #include <gtest/gtest.h>
 
@@ -196,6 +197,47 @@ TEST(PackedProduct, ColumnSplitKeepsEveryBit) {
     packed.multiply_transposed(bt.middleRows(bounds[r], count), 0.0f, part);
   }
   EXPECT_EQ(0, std::memcmp(whole_t.data(), split_t.data(), sizeof(float) * whole_t.size()));
+}
+
+// gemm() on two threads splits a product of over 262144 multiply-adds among
+// them by columns of C, or by rows when C is taller than wide. Every pair of
+// transposes and both values of beta, on blocks of larger matrices so that
+// each operand's stride differs from its height, against double.
+TEST(Gemm, ThreadSplitMatchesDoubleReference) {
+  set_num_threads(2);
+  Rng rng(13);
+  // {rows of C, depth, columns of C}: split by columns, split by rows, and
+  // a product small enough to run on one thread.
+  for (const Shape& s : {Shape{60, 70, 90}, Shape{130, 70, 40}, Shape{7, 9, 5}}) {
+    for (Trans ta : {Trans::kNo, Trans::kYes}) {
+      for (Trans tb : {Trans::kNo, Trans::kYes}) {
+        const Matrix a_full = ta == Trans::kNo ? random_matrix(s.rows + 3, s.depth, rng)
+                                               : random_matrix(s.depth + 3, s.rows, rng);
+        const Matrix b_full = tb == Trans::kNo ? random_matrix(s.depth + 2, s.cols, rng)
+                                               : random_matrix(s.cols + 2, s.depth, rng);
+        const ConstMatRef a = a_full.topRows(a_full.rows() - 3);
+        const ConstMatRef b = b_full.bottomRows(b_full.rows() - 2);
+        Eigen::MatrixXd op_a = a.cast<double>(), op_b = b.cast<double>();
+        if (ta == Trans::kYes) op_a.transposeInPlace();
+        if (tb == Trans::kYes) op_b.transposeInPlace();
+        const Eigen::MatrixXd product = op_a * op_b;
+        const double tolerance = 4.0 * s.depth * std::numeric_limits<float>::epsilon();
+        const Matrix c0 = random_matrix(s.rows, s.cols, rng);
+
+        Matrix c_full(s.rows + 5, s.cols);
+        c_full.setConstant(std::numeric_limits<float>::quiet_NaN());
+        MatRef c = c_full.middleRows(1, s.rows);
+        gemm(ta, tb, 1.0f, a, b, 0.0f, c);
+        EXPECT_LT(max_error(c, product), tolerance) << "beta 0, " << s.rows << "x" << s.depth << "x" << s.cols;
+        c = c0;
+        gemm(ta, tb, 1.0f, a, b, 1.0f, c);
+        EXPECT_LT(max_error(c, product + c0.cast<double>()), tolerance) << "beta 1";
+        EXPECT_TRUE(c_full.topRows(1).array().isNaN().all()) << "a row above C was written";
+        EXPECT_TRUE(c_full.bottomRows(4).array().isNaN().all()) << "a row below C was written";
+      }
+    }
+  }
+  set_num_threads(0);
 }
 
 TEST(PackedProduct, OneBufferServesSeveralShapes) {

@@ -13,7 +13,22 @@ namespace lstm {
 
 namespace {
 int g_threads = 1;
+
+#ifdef LSTM_USE_OPENBLAS
+// Below this many multiply-adds (m n k) OpenBLAS runs a product on one
+// thread (SMP_THRESHOLD_MIN times GEMM_MULTITHREAD_THRESHOLD in its gemm.c).
+constexpr double kThreadedProduct = 65536.0 * 4.0;
+
+void blas_sgemm(bool ta, bool tb, Eigen::Index m, Eigen::Index n, Eigen::Index k, float alpha,
+                const float* a, Eigen::Index lda, const float* b, Eigen::Index ldb, float beta, float* c,
+                Eigen::Index ldc) {
+  cblas_sgemm(CblasColMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
+              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 }
+#endif
+
+}  // namespace
 
 void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const ConstMatRef& b,
           float beta, MatRef c) {
@@ -27,11 +42,36 @@ void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const
   assert((tb ? b.cols() : b.rows()) == k);
   if (m == 0 || n == 0) return;
 #ifdef LSTM_USE_OPENBLAS
-  cblas_sgemm(CblasColMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha,
-              a.data(), static_cast<blasint>(a.outerStride()), b.data(),
-              static_cast<blasint>(b.outerStride()), beta, c.data(),
-              static_cast<blasint>(c.outerStride()));
+  const int threads = stream_parallelism();
+  if (threads <= 1 || omp_in_parallel() || static_cast<double>(m) * n * k <= kThreadedProduct) {
+    blas_sgemm(ta, tb, m, n, k, alpha, a.data(), a.outerStride(), b.data(), b.outerStride(), beta, c.data(),
+               c.outerStride());
+    return;
+  }
+  // Each thread multiplies its own range of C's columns (or rows, when C is
+  // taller than wide). A threaded OpenBLAS product allocates its job table on
+  // the heap at every call; these calls, inside a parallel region, run on one
+  // thread each and allocate nothing. Every element of C still sums over k
+  // in the same blocks, in the same order.
+  const bool by_columns = n >= m;
+  const Eigen::Index extent = by_columns ? n : m;
+#pragma omp parallel num_threads(threads)
+  {
+    const int part = omp_get_thread_num(), parts = omp_get_num_threads();
+    const Eigen::Index first = extent * part / parts;
+    const Eigen::Index count = extent * (part + 1) / parts - first;
+    if (count > 0 && by_columns) {
+      // Columns [first, first + count) of op(B) and of C.
+      const float* b_part = b.data() + first * (tb ? 1 : b.outerStride());
+      blas_sgemm(ta, tb, m, count, k, alpha, a.data(), a.outerStride(), b_part, b.outerStride(), beta,
+                 c.data() + first * c.outerStride(), c.outerStride());
+    } else if (count > 0) {
+      // Rows [first, first + count) of op(A) and of C.
+      const float* a_part = a.data() + first * (ta ? a.outerStride() : 1);
+      blas_sgemm(ta, tb, count, n, k, alpha, a_part, a.outerStride(), b.data(), b.outerStride(), beta,
+                 c.data() + first, c.outerStride());
+    }
+  }
 #else
   if (beta == 0.0f) {
     c.setZero();
@@ -42,6 +82,18 @@ void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const
   if (ta && !tb) c.noalias() += alpha * a.transpose() * b;
   if (!ta && tb) c.noalias() += alpha * a * b.transpose();
   if (ta && tb) c.noalias() += alpha * a.transpose() * b.transpose();
+#endif
+}
+
+void library_gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const ConstMatRef& b,
+                  float beta, MatRef c) {
+#ifdef LSTM_USE_OPENBLAS
+  const bool ta = trans_a == Trans::kYes;
+  const bool tb = trans_b == Trans::kYes;
+  blas_sgemm(ta, tb, ta ? a.cols() : a.rows(), tb ? b.rows() : b.cols(), ta ? a.rows() : a.cols(), alpha, a.data(),
+             a.outerStride(), b.data(), b.outerStride(), beta, c.data(), c.outerStride());
+#else
+  gemm(trans_a, trans_b, alpha, a, b, beta, c);
 #endif
 }
 

@@ -1,8 +1,12 @@
 #pragma once
 // General matrix product C = alpha * op(A) * op(B) + beta * C on column-major
 // float matrices, through OpenBLAS when the build enables it (LSTM_USE_OPENBLAS),
-// else through Eigen. Neither path allocates on the heap per call when OpenBLAS
-// is used; Eigen's own product allocates its packing buffers per call.
+// else through Eigen. With OpenBLAS's OpenMP build, gemm() splits a large
+// product among the threads itself, each calling a one-thread product,
+// because OpenBLAS's threaded product allocates on the heap at every call.
+// Products of at most 10^6 multiply-adds may go to OpenBLAS's small-matrix
+// kernels, some of which allocate: those of models far smaller than the PTB
+// configs. Eigen's own product allocates its packing buffers per call.
 
 #include "tensor/types.h"
 
@@ -13,6 +17,12 @@ enum class Trans { kNo, kYes };
 // C (M x N) = alpha * op(A) (M x K) * op(B) (K x N) + beta * C.
 void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const ConstMatRef& b,
           float beta, MatRef c);
+
+// The same product as the library runs it on its own threads: OpenBLAS's
+// threaded sgemm (which allocates), or Eigen's product. For the benchmark's
+// peak.
+void library_gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const ConstMatRef& b,
+                  float beta, MatRef c);
 
 // sums[i] += sum over the columns of a(i, :); a matrix-vector product with a
 // vector of ones, so that it runs on every thread like the other products.
