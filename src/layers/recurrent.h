@@ -17,6 +17,8 @@
 // Only h_t is passed to the next layer. c_t is the LSTM's memory cell. It is
 // reached only by + and element-wise *, so its gradient survives long windows.
 
+#include <vector>
+
 #include "model/model_config.h"
 #include "tensor/packed_gemm.h"
 #include "tensor/types.h"
@@ -71,6 +73,12 @@ struct RecurrentCache {
   // the candidate rows (H), because the candidate multiplies r*h instead of h.
   bool packed;
   PackedMatrix recur, recur_t, recur_n, recur_n_t;
+  // An evaluation cache of an LSTM whose Wh outgrows a core's cache splits
+  // each step by hidden units instead of streams (see recurrent_forward):
+  // part p owns units [unit_first[p], unit_first[p + 1]) and keeps its rows
+  // of gate q (f, i, o, g) packed in recur_units[4 p + q]. Empty otherwise.
+  std::vector<int> unit_first;
+  std::vector<PackedMatrix> recur_units;
 
   // h_T and c_T after the last forward window (the state to carry on).
   auto last_h(int steps) { return hbuf.middleCols(steps * batch, batch); }
@@ -81,10 +89,18 @@ struct RecurrentCache {
   auto outputs(int steps) { return hbuf.middleCols(batch, steps * batch); }
 };
 
+// Whether caches built from now on may split an LSTM's evaluation steps by
+// hidden units (the default) or always split by streams; for tests and
+// comparisons. The two give the same values up to rounding.
+void set_unit_split(bool enabled);
+
 // The recurrence runs the B streams in parallel: each thread takes a range of
 // streams through every step of the window with single-threaded products, so
 // the window needs one synchronization instead of one per step. The products
 // over all steps (input projection, weight gradients) use every thread.
+// Evaluation of an LSTM whose Wh outgrows a core's cache splits each step by
+// hidden units instead, with one synchronization per step, so that each
+// thread reads only its rows of Wh (RecurrentCache::unit_first).
 //
 // Runs the layer over `steps` steps. The carried-in state must already be in
 // cache.initial_h() (and initial_c() for lstm). input: I x steps*B.

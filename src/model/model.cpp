@@ -327,6 +327,7 @@ std::size_t workspace_bytes(const Workspace& ws) {
   std::size_t packed = ws.packed_w.bytes() + ws.packed_top.bytes();
   for (const auto& c : ws.layers) {
     packed += c.recur.bytes() + c.recur_t.bytes() + c.recur_n.bytes() + c.recur_n_t.bytes();
+    for (const PackedMatrix& m : c.recur_units) packed += m.bytes();
   }
   return floats * sizeof(float) + packed + (ws.inputs.size() + ws.targets.size()) * sizeof(TokenId);
 }
