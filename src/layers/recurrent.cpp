@@ -10,12 +10,12 @@
 namespace lstm {
 
 namespace {
-// Evaluation of a large LSTM splits each step by hidden units above this size
-// of Wh. A thread that takes a range of streams reads all of Wh at every step,
-// from L3 once Wh outgrows L2; split by units, each thread reads only its rows,
-// but the threads meet at every step. On a Xeon with 2 MiB of L2 per core,
-// evaluation with the split was 8% faster at H = 650 (6.8 MiB) and 21% at
-// H = 1500, as fast at H = 512 (4 MiB), and slower below.
+// Evaluation of an LSTM splits each step by hidden units when Wh is larger
+// than this. A thread that takes a range of streams reads all of Wh at every
+// step, from L3 once Wh outgrows L2. Split by units, each thread reads only its
+// rows, but the threads synchronize at every step. On a Xeon with 2 MiB of L2
+// per core, evaluation with the split was 8% faster at H = 650 (6.8 MiB) and
+// 21% at H = 1500, as fast at H = 512 (4 MiB), and slower below.
 constexpr std::size_t kUnitSplitBytes = std::size_t{4} << 20;
 bool g_unit_split = true;
 }  // namespace
@@ -122,7 +122,7 @@ void forward_streams(RecurrentCache& cache, const RecurrentWeights& w, int steps
     auto g_t = cache.gates.middleCols(t * B + b0, nb);
     auto h_prev = cache.hbuf.middleCols(t * B + b0, nb);
     auto h_t = cache.hbuf.middleCols((t + 1) * B + b0, nb);
-    // 1, finished: the bias, added per step while the columns are in cache.
+    // The rest of 1: the bias, added here while the step's columns are in cache.
     g_t.colwise() += w.b.col(0);
 
     switch (cache.cell) {
@@ -177,9 +177,9 @@ void forward_streams(RecurrentCache& cache, const RecurrentWeights& w, int steps
   }
 }
 
-// Steps 0..steps-1 of the units [unit_first[part], unit_first[part + 1]) of
-// every stream, for an LSTM split by units; runs inside a parallel region of
-// unit_first.size() - 1 threads.
+// Runs steps 0..steps-1 of the units [unit_first[part], unit_first[part + 1])
+// of every stream, for an LSTM split by units. Call it inside a parallel
+// region of unit_first.size() - 1 threads, which synchronize at every step.
 void forward_units(RecurrentCache& cache, const RecurrentWeights& w, int steps, int part) {
   const int B = cache.batch, H = cache.hidden_size;
   const int u0 = cache.unit_first[part], nu = cache.unit_first[part + 1] - u0;

@@ -74,9 +74,10 @@ struct RecurrentCache {
   bool packed;
   PackedMatrix recur, recur_t, recur_n, recur_n_t;
   // An evaluation cache of an LSTM whose Wh outgrows a core's cache splits
-  // each step by hidden units instead of streams (see recurrent_forward):
-  // part p owns units [unit_first[p], unit_first[p + 1]) and keeps its rows
-  // of gate q (f, i, o, g) packed in recur_units[4 p + q]. Empty otherwise.
+  // each step by hidden units instead of streams (see recurrent_forward).
+  // Part p owns units [unit_first[p], unit_first[p + 1]) and keeps its rows
+  // of gate q (f, i, o, g) packed in recur_units[4 p + q]. Both are empty
+  // in every other cache.
   std::vector<int> unit_first;
   std::vector<PackedMatrix> recur_units;
 
@@ -89,8 +90,8 @@ struct RecurrentCache {
   auto outputs(int steps) { return hbuf.middleCols(batch, steps * batch); }
 };
 
-// Whether caches built from now on may split an LSTM's evaluation steps by
-// hidden units (the default) or always split by streams; for tests and
+// Sets whether caches built from now on may split an LSTM's evaluation steps
+// by hidden units (the default) or always split by streams, for tests and
 // comparisons. The two give the same values up to rounding.
 void set_unit_split(bool enabled);
 

@@ -16,7 +16,8 @@ int g_threads = 1;
 
 #ifdef LSTM_USE_OPENBLAS
 // Below this many multiply-adds (m n k) OpenBLAS runs a product on one
-// thread (SMP_THRESHOLD_MIN times GEMM_MULTITHREAD_THRESHOLD in its gemm.c).
+// thread: SMP_THRESHOLD_MIN (65536) times GEMM_MULTITHREAD_THRESHOLD (4 by
+// default) in OpenBLAS's interface/gemm.c.
 constexpr double kThreadedProduct = 65536.0 * 4.0;
 
 void blas_sgemm(bool ta, bool tb, Eigen::Index m, Eigen::Index n, Eigen::Index k, float alpha,
@@ -50,9 +51,8 @@ void gemm(Trans trans_a, Trans trans_b, float alpha, const ConstMatRef& a, const
   }
   // Each thread multiplies its own range of C's columns (or rows, when C is
   // taller than wide). A threaded OpenBLAS product allocates its job table on
-  // the heap at every call; these calls, inside a parallel region, run on one
-  // thread each and allocate nothing. Every element of C still sums over k
-  // in the same blocks, in the same order.
+  // the heap at every call, but these calls, inside a parallel region, run on
+  // one thread each and allocate nothing.
   const bool by_columns = n >= m;
   const Eigen::Index extent = by_columns ? n : m;
 #pragma omp parallel num_threads(threads)

@@ -5,8 +5,8 @@
 // product among the threads itself, each calling a one-thread product,
 // because OpenBLAS's threaded product allocates on the heap at every call.
 // Products of at most 10^6 multiply-adds may go to OpenBLAS's small-matrix
-// kernels, some of which allocate: those of models far smaller than the PTB
-// configs. Eigen's own product allocates its packing buffers per call.
+// kernels (on AVX-512 CPUs), some of which allocate: those of models far
+// smaller than the PTB configs. Eigen's own product allocates its packing buffers per call.
 
 #include "tensor/types.h"
 
