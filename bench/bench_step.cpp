@@ -337,7 +337,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   app.add_option("--warmup", warmup, "untimed steps first (default: 5)")->check(CLI::Range(0, 100000));
   app.add_flag("--json", as_json, "print one JSON object");
-  app.add_flag("--sweep", sweep, "sweep hidden size 100/200/650/1500 and batch size 1/20/64 (LSTM, E = H)");
+  app.add_flag("--sweep", sweep,
+               "sweep hidden size 100/200/650/1500 and batch size 1/20/64 (one-layer LSTM, E = H, bptt 35) in "
+               "place of --config and --set; at most 2 untimed steps, and a quarter of --steps (at least 3) "
+               "timed at H >= 650");
   auto* blas_flag = app.add_flag("--blas-products", blas_products,
                "run the recurrent step products and the decoder's three products through the BLAS instead of "
                "the packed kernel, for comparison");
