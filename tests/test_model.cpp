@@ -464,7 +464,6 @@ TEST(EvaluationWorkspaceUnitSplit, MatchesStreamSplit) {
   set_unit_split(false);
   Workspace by_streams(config, kBatch, kBptt, WorkspaceUse::kEvaluation);
   set_unit_split(true);
-  set_num_threads(0);
   for (int l = 0; l < 2; ++l) {
     ASSERT_EQ(by_units.layers[l].unit_first.size(), 3u) << "layer " << l << " is not split in two";
     ASSERT_TRUE(by_streams.layers[l].unit_first.empty());
@@ -481,6 +480,7 @@ TEST(EvaluationWorkspaceUnitSplit, MatchesStreamSplit) {
     EXPECT_NEAR(by_units_losses[i], by_streams_losses[i], 1e-5f * std::max(1.0f, by_streams_losses[i]))
         << "token " << i;
   }
+  set_num_threads(0);
 }
 
 // ---------------------------------------------------------------------------

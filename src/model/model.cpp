@@ -37,14 +37,14 @@ void fill_uniform(MatrixMap m, Rng& rng, float range) {
 void draw_dropout_mask(Matrix& mask, int steps, int batch, float p, bool variational, Rng& rng) {
   const float keep_scale = 1.0f / (1.0f - p);
   const Eigen::Index count = mask.rows() * (variational ? batch : steps * batch);
-  // A local copy keeps the generator's state in registers, and the product
-  // with 0 or 1 leaves no branch to mispredict: whether a unit is kept is a
-  // coin toss that no predictor can learn.
+  // A local copy keeps the generator's state in registers. The product with 0
+  // or 1 leaves no branch to mispredict, because whether a unit is kept is a
+  // coin toss that no branch predictor learns.
   Rng local = rng;
   float* out = mask.data();
   for (Eigen::Index i = 0; i < count; ++i) {
-    const bool kept = !(local.uniform() < p);
-    out[i] = keep_scale * static_cast<float>(kept);
+    const bool unit_kept = !(local.uniform() < p);
+    out[i] = keep_scale * static_cast<float>(unit_kept);
   }
   rng = local;
   if (variational) {
@@ -52,8 +52,8 @@ void draw_dropout_mask(Matrix& mask, int steps, int batch, float p, bool variati
   }
 }
 
-// out = x * mask, element by element, over x's columns; the threads take
-// contiguous ranges of columns. out may be x.
+// Writes x * mask, element by element, into out, which may be x. The threads
+// take contiguous ranges of columns.
 void apply_mask(const ConstMatRef& x, const Matrix& mask, MatRef out) {
   const Eigen::Index cols = x.cols();
   const int parts = num_threads();
@@ -225,10 +225,10 @@ double model_forward(LanguageModel& model, Workspace& ws, int steps, bool traini
   }
   const float* bias = model.decoder_bias().data();
   if (ws.packed_w.bytes() > 0 && TB >= kPackedDecoderColumns) {
-    // Each thread takes one range of columns: its product, then the softmax
-    // over them. Narrower chunks keep a chunk's logits in cache for the
-    // softmax, but each chunk streams all of W; on a Xeon with 2 MiB of L2
-    // per core, chunks of H / 2 columns made the logits and softmax 10%
+    // Each thread takes one range of columns, runs its product and then the
+    // softmax over them. Narrower chunks would keep a chunk's logits in cache
+    // for the softmax, but each chunk streams all of W. On a Xeon with 2 MiB
+    // of L2 per core, chunks of H / 2 columns made the logits and softmax 10%
     // slower at H = 100 and 5% slower at H = 650.
     if (pack_every_window || !ws.decoder_packed) ws.packed_w.pack(model.decoder_weight(), Trans::kYes);
     ws.decoder_packed = true;

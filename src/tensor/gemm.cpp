@@ -117,15 +117,20 @@ void gemv_add_row_sums(const ConstMatRef& a, float* sums) {
   // elsewhere, as in OpenBLAS's own threaded product, changed a few sums (12
   // of 10000 rows) against one call over all rows, so the sums depended on
   // the thread count.
+  constexpr Eigen::Index kRowAlignment = 64;
   const int threads = stream_parallelism();
-  if (threads <= 1 || omp_in_parallel()) {
+  // With fewer than kRowAlignment rows per thread the ranges would be uneven
+  // (on two threads the first one empty), so one call takes them all.
+  if (threads <= 1 || omp_in_parallel() || a.rows() < kRowAlignment * threads) {
     add_row_sums(0, a.rows());
     return;
   }
 #pragma omp parallel num_threads(threads)
   {
     const int part = omp_get_thread_num(), parts = omp_get_num_threads();
-    auto bound = [&](int p) { return p == parts ? a.rows() : a.rows() * p / parts / 64 * 64; };
+    auto bound = [&](int p) {
+      return p == parts ? a.rows() : a.rows() * p / parts / kRowAlignment * kRowAlignment;
+    };
     const Eigen::Index first = bound(part);
     const Eigen::Index count = bound(part + 1) - first;
     if (count > 0) add_row_sums(first, count);
